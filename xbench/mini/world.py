@@ -1,0 +1,220 @@
+"""The miniature world: corpus, look-alike tokenizers and tiny pre-trained models, built once.
+
+Everything is a pure function of the world config and cached under
+``$XBENCH_CACHE/mini/<hash>/`` (a file lock makes concurrent sweep cells build it once):
+
+* ``data/train.jsonl``, ``data/test.jsonl``: GSM8K-format arithmetic (``xbench.mini.corpus``);
+* ``tokenizers/{student,digits,grouped}``: ``xbench.mini.tokenizers``;
+* ``models/{student,teacher_A,teacher_B,teacher_C}``: Llama-architecture models pre-trained with
+  next-token CE on the train split and filler text. Teachers are larger and trained longer than
+  the student, which is only briefly pre-trained (the "base" before distillation).
+
+Teacher A uses the digit-splitting tokenizer (like Qwen3), B the other digit-grouping
+vocabulary (like Phi-4-mini), C the student's own tokenizer (like Llama-3.2-3B).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from xbench.io import write_json
+from xbench.mini import corpus
+from xbench.mini.tokenizers import load_or_train
+
+ROLES = {  # model role -> tokenizer kind
+    "student": "student",
+    "teacher_A": "digits",
+    "teacher_B": "grouped",
+    "teacher_C": "student",
+}
+
+DEFAULT_WORLD: dict[str, Any] = {
+    "seed": 1234,
+    "n_train": 6000,
+    "n_test": 300,
+    "n_filler": 2000,
+    "seq_len": 128,
+    "student": {
+        "hidden_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 256,
+        "steps": 150,
+        "lr": 3e-3,
+        "batch": 32,
+    },
+    "teacher": {
+        "hidden_size": 160,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "intermediate_size": 448,
+        "steps": 500,
+        "lr": 3e-3,
+        "batch": 32,
+    },
+}
+_WORLD: dict[str, Any] = dict(DEFAULT_WORLD)
+
+
+def configure(world: dict[str, Any] | None) -> None:
+    """Select the world config (a profile may shrink it); ``None`` restores the default."""
+    global _WORLD
+    merged = json.loads(json.dumps(DEFAULT_WORLD))
+    for k, v in (world or {}).items():
+        if isinstance(v, dict):
+            merged[k].update(v)
+        else:
+            merged[k] = v
+    _WORLD = merged
+    _cached_tokenizer.cache_clear()
+    _cached_model.cache_clear()
+
+
+def world_hash() -> str:
+    return hashlib.sha256(json.dumps(_WORLD, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def world_dir() -> Path:
+    root = Path(os.environ.get("XBENCH_CACHE", Path.home() / ".cache" / "xbench"))
+    return root / "mini" / world_hash()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def format_problem(p: dict[str, str]) -> str:
+    """One training document in the evaluation prompt format: ``Question: ...\\nAnswer: ...``."""
+    return f"Question: {p['question']}\nAnswer: {p['answer']}"
+
+
+def data_dir() -> Path:
+    d = world_dir() / "data"
+    if not (d / "test.jsonl").exists():
+        with _locked(world_dir() / ".data.lock"):
+            if not (d / "test.jsonl").exists():
+                corpus.write_split(d, _WORLD["n_train"], _WORLD["n_test"], _WORLD["seed"])
+    return d
+
+
+def train_texts() -> list[str]:
+    """The distillation corpus: the train split's problems (filler is for pre-training only)."""
+    rows = corpus.read_jsonl(data_dir() / "train.jsonl")
+    return [format_problem(r) for r in rows]
+
+
+def _pretrain_texts() -> list[str]:
+    return train_texts() + corpus.filler_text(_WORLD["n_filler"], _WORLD["seed"] + 1)
+
+
+@cache
+def _cached_tokenizer(kind: str, wdir: str) -> PreTrainedTokenizerFast:
+    with _locked(Path(wdir) / ".tok.lock"):
+        return load_or_train(kind, _pretrain_texts(), Path(wdir) / "tokenizers")
+
+
+def mini_tokenizer(kind: str) -> PreTrainedTokenizerFast:
+    """A look-alike tokenizer: ``student``, ``digits`` or ``grouped`` (or a model role)."""
+    kind = ROLES.get(kind, kind)
+    return _cached_tokenizer(kind, str(world_dir()))
+
+
+def _pretrain(role: str, out: Path) -> None:
+    """Next-token CE pre-training of one mini model; saved atomically with its log."""
+    from xbench.data import pack
+
+    tok = mini_tokenizer(role)
+    spec = dict(_WORLD["teacher" if role.startswith("teacher") else "student"])
+    steps, lr, bsz = spec.pop("steps"), spec.pop("lr"), spec.pop("batch")
+    seed = _WORLD["seed"] + sum(map(ord, role))
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            max_position_embeddings=512,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            **spec,
+        )
+    )
+    texts = pack(_pretrain_texts(), tok, _WORLD["seq_len"], "\n\n")
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)),
+    )
+    t0, log = time.time(), []
+    model.train()
+    for step in range(steps):
+        idx = torch.randint(len(texts), (bsz,), generator=g).tolist()
+        enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True)
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        loss = model(**enc, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 25 == 0 or step == steps - 1:
+            log.append({"step": step, "loss": float(loss)})
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    write_json(tmp / "pretrain_log.json", {"role": role, "seconds": time.time() - t0, "log": log})
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+@cache
+def _cached_model(role: str, wdir: str) -> Path:
+    out = Path(wdir) / "models" / role
+    if not (out / "config.json").exists():
+        with _locked(Path(wdir) / f".{role}.lock"):
+            if not (out / "config.json").exists():
+                _pretrain(role, out)
+    return out
+
+
+def mini_model_path(role: str) -> Path:
+    if role not in ROLES:
+        raise ValueError(f"mini model role must be one of {sorted(ROLES)}, got {role!r}.")
+    return _cached_model(role, str(world_dir()))
+
+
+def mini_model(role: str) -> LlamaForCausalLM:
+    """A fresh copy of a pre-trained mini model (built on first use)."""
+    return LlamaForCausalLM.from_pretrained(str(mini_model_path(role)))
+
+
+def build_world() -> dict[str, Any]:
+    """Build every tokenizer and model now (the sweep calls this once before launching)."""
+    info: dict[str, Any] = {"dir": str(world_dir())}
+    for role in ROLES:
+        path = mini_model_path(role)
+        info[role] = json.loads((path / "pretrain_log.json").read_text())["seconds"]
+    return info

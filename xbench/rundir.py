@@ -1,0 +1,150 @@
+"""The run-directory contract: one self-describing directory per sweep cell.
+
+Layout (see docs/contracts.md)::
+
+    config.yaml  meta.json  metrics.jsonl  eval/results.json  checkpoints/
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from xbench.io import read_json, write_json, write_text
+
+STATUSES = ("pending", "running", "done", "failed")
+# Keys that do not change what a cell computes: excluded from the config hash so that a rerun
+# with another output root, launcher or logging setting still recognises finished cells.
+_HASH_EXCLUDE = ("hydra", "out_root", "plan", "wandb", "logging", "resources", "launcher")
+_VERSIONED = ("torch", "transformers", "tokenizers", "lm-eval", "hydra-core", "submitit", "xbench")
+
+
+def config_hash(cfg: DictConfig | dict[str, Any]) -> str:
+    """Content hash of the resolved config, ignoring keys that do not change results."""
+    container = (
+        OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    )
+    assert isinstance(container, dict)
+    kept = {k: v for k, v in container.items() if k not in _HASH_EXCLUDE}
+    blob = json.dumps(kept, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def git_info(repo: Path | None = None) -> dict[str, Any]:
+    """Git SHA and dirty flag of the xbench checkout (``None`` outside a checkout)."""
+    repo = repo or Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=repo,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return {"sha": None, "dirty": None}
+    return {"sha": sha, "dirty": dirty}
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages that change results."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def slurm_info() -> dict[str, str]:
+    """SLURM job identifiers from the environment (empty outside SLURM)."""
+    keys = (
+        "SLURM_JOB_ID",
+        "SLURM_ARRAY_JOB_ID",
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_RESTART_COUNT",
+        "SLURM_NTASKS",
+        "SLURM_NODELIST",
+        "SLURM_JOB_PARTITION",
+    )
+    return {k.lower(): os.environ[k] for k in keys if k in os.environ}
+
+
+class RunDir:
+    """Reads and writes one cell's run directory."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / "meta.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def meta(self) -> dict[str, Any]:
+        return read_json(self.meta_path) if self.meta_path.exists() else {}
+
+    def is_done(self, cfg_hash: str) -> bool:
+        """True when this directory already holds a finished run of the same config."""
+        meta = self.meta()
+        return meta.get("status") == "done" and meta.get("config_hash") == cfg_hash
+
+    def start(self, cfg: DictConfig, cell: dict[str, Any], experiment: str) -> dict[str, Any]:
+        """Write the resolved config and a ``running`` meta.json; keep earlier attempts' timings."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        previous = self.meta()
+        meta = {
+            "status": "running",
+            "config_hash": config_hash(cfg),
+            "experiment": experiment,
+            "cell": cell,
+            "git": git_info(),
+            "versions": versions(),
+            "host": socket.gethostname(),
+            "slurm": slurm_info(),
+            "seed": cell.get("seed"),
+            "attempts": int(previous.get("attempts", 0)) + 1,
+            "timings": {"started": time.time(), **previous.get("timings", {})},
+            "error": None,
+        }
+        write_json(self.meta_path, meta)
+        return meta
+
+    def update(self, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into meta.json atomically (``timings`` is merged, not replaced)."""
+        meta = self.meta()
+        timings = {**meta.get("timings", {}), **fields.pop("timings", {})}
+        meta.update(fields)
+        meta["timings"] = timings
+        if meta.get("status") not in STATUSES:
+            raise ValueError(f"meta.json status must be one of {STATUSES}, got {meta['status']!r}.")
+        write_json(self.meta_path, meta)
+        return meta
