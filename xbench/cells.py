@@ -44,10 +44,9 @@ def resolve_cell(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
         entry.update({"method": t["method"], "weight": float(t.get("weight", 1.0))})
         entry["kd"] = t.get("kd", {})
         teachers.append(entry)
-    out = OmegaConf.to_container(cfg, resolve=True)
+    kept = [k for k in cfg if k not in ("cells", "zoo", "hydra")]
+    out = OmegaConf.to_container(OmegaConf.masked_copy(cfg, kept), resolve=True)
     assert isinstance(out, dict)
-    for k in ("cells", "zoo", "hydra"):
-        out.pop(k, None)
     out["teachers"] = teachers
     train_enabled = bool(spec.get("train", True)) and bool(cfg.train.enabled)
     out["train"]["enabled"] = train_enabled

@@ -48,7 +48,7 @@ def load_texts(cfg: DictConfig) -> list[str]:
     else:
         raise ValueError(f"data.source must be one of mini, jsonl, hf; got {src!r}.")
     texts = [t for t in texts if t.strip()]
-    if cfg.get("max_docs"):
+    if cfg.get("max_docs") is not None:
         texts = texts[: int(cfg.max_docs)]
     if not texts:
         raise ValueError(f"data: the {src} corpus is empty; check data.path / data.name.")
@@ -137,8 +137,8 @@ class PairDataset(Dataset):
             al = align_pair(
                 s["input_ids"],
                 t["input_ids"],
-                self.student,
-                side.tok,
+                student_tokenizer=self.student,
+                teacher_tokenizer=side.tok,
                 student_offsets=s["offset_mapping"],
                 teacher_offsets=t["offset_mapping"],
                 method=side.aligner,

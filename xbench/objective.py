@@ -54,7 +54,8 @@ def build_teachers(cfg: DictConfig, s_tok: Any, student: nn.Module, device: str)
         field_name = f"teachers[{i}]"
         kd = {**OmegaConf.to_container(cfg.kd, resolve=True), **(spec.get("kd") or {})}
         tok = load_tokenizer(spec.tokenizer)
-        model = load_model(spec, tok, field=field_name).to(device)
+        # Teachers built from a config get their own seed (not the student's init).
+        model = load_model(spec, tok, field=field_name, seed=int(cfg.seed) + 1000 + i).to(device)
         same = proj_mod.tokenizer_fingerprint(tok) == s_fp
         method = str(spec.method)
         if method == "kd" and not same:

@@ -133,7 +133,11 @@ class SweepCallback(Callback):
             from xbench.train import _configure_world
 
             _configure_world(config)
-            log.info("miniature world: %s", world.build_world())
+            specs = [config.student, *config.zoo.values()]
+            roles = [
+                str(m.model).split(":", 1)[1] for m in specs if str(m.model).startswith("mini:")
+            ]
+            log.info("miniature world: %s", world.build_world(roles))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("plan"):

@@ -260,11 +260,18 @@ def _dump(ckpt_dir: Path, step: int, micro: list[dict[str, Any]], logs: dict[str
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    """Train one cell into ``run_dir`` (default: Hydra's output directory)."""
+    """Train one cell of an experiment into ``run_dir`` (default: Hydra's output directory).
+
+    ``python -m xbench.train +experiment=mini_vs_gold cell=pkl-A seed=1 run_dir=DIR``; under
+    ``torchrun`` or ``srun`` every rank runs this and joins the process group.
+    """
     from hydra.core.hydra_config import HydraConfig
 
+    from xbench.cells import resolve_cell
+
+    resolved, _ = resolve_cell(cfg)
     run_dir = Path(cfg.get("run_dir") or HydraConfig.get().runtime.output_dir)
-    summary = train(cfg, run_dir)
+    summary = train(resolved, run_dir)
     if summary["dist"].is_main:
         write_json(
             run_dir / "train_summary.json",

@@ -180,7 +180,7 @@ def _pretrain(role: str, out: Path) -> None:
         sched.step()
         opt.zero_grad(set_to_none=True)
         if step % 25 == 0 or step == steps - 1:
-            log.append({"step": step, "loss": float(loss)})
+            log.append({"step": step, "loss": loss.item()})
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
@@ -211,10 +211,15 @@ def mini_model(role: str) -> LlamaForCausalLM:
     return LlamaForCausalLM.from_pretrained(str(mini_model_path(role)))
 
 
-def build_world() -> dict[str, Any]:
-    """Build every tokenizer and model now (the sweep calls this once before launching)."""
+def build_world(roles: list[str] | None = None) -> dict[str, Any]:
+    """Build the data, every tokenizer and the given models (default: all) now.
+
+    The sweep calls this once before launching, so parallel cells find everything cached.
+    """
     info: dict[str, Any] = {"dir": str(world_dir())}
-    for role in ROLES:
+    for kind in set(ROLES.values()):
+        mini_tokenizer(kind)
+    for role in ROLES if roles is None else roles:
         path = mini_model_path(role)
         info[role] = json.loads((path / "pretrain_log.json").read_text())["seconds"]
     return info

@@ -1,0 +1,206 @@
+"""Forward+backward time and peak memory of the distillation losses at paper scale (CPU).
+
+Setup: student V_S = 128,256 (Llama-3), teacher V_T = 151,669 (Qwen3 tokenizer), B = 4, T = 256
+(1,024 positions); ``kd`` compares two 128,256-vocabulary models. Alignment: random monotone chunks
+of 1-2 tokens per side (~700 chunks); GOLD/H-KL common set: 100,000 random 1-to-1 pairs (about the
+Llama-3/Qwen3 overlap); W: K = 4 random teacher ids per student row, decaying weights. P-KL: teacher
+top-k 8192 per micro-batch. All losses: ``chunk_size`` 256 with activation checkpointing.
+
+Method: each loss runs in its own subprocess with ``torch.set_num_threads(1)`` (numpy sorts are
+single-threaded too), after one small warm-up call. Time = wall clock of one forward+backward.
+Peak memory = the process's peak RSS (VmHWM) during forward+backward minus its RSS just before,
+after the peak counter is reset via /proc/self/clear_refs (so import and input-creation transients
+do not count). Large tensors are mmap-backed, so RSS tracks live tensors; the inputs (logits) are
+excluded, the student-logits gradient is included (every method pays it).
+TRL's hybrid loss (``ULDLoss`` with its own vocabulary mapping, "bayesian" merge,
+``_compute_hybrid_uld_loss``) is timed on one of the four sequences and scaled by 4 (it loops over
+sequences, so its cost is linear in B).
+
+Usage: ``python benchmarks/losses.py [--methods kd,gold,pkl,hkl,trl] [--positions-per-seq 256]``.
+Ends with one ``RESULT ...`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+V_S, V_T, B = 128_256, 151_669, 4
+N_COMMON, K, TOP_K = 100_000, 4, 8192
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("VmRSS"))
+
+
+def _hwm_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("VmHWM"))
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def make_inputs(T: int, b: int = B, seed: int = 0) -> dict:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    chunks = []
+    for _ in range(b):
+        # Per side 1-2 tokens per chunk; chunk 0 holds position 0 and is masked out.
+        ns = torch.randint(1, 3, (T,), generator=g)
+        nt = torch.randint(1, 3, (T,), generator=g)
+        c = int(min((ns.cumsum(0) <= T).sum(), (nt.cumsum(0) <= T).sum()))
+        sc = torch.full((T,), -1, dtype=torch.long)
+        tc = torch.full((T,), -1, dtype=torch.long)
+        sc[: int(ns[:c].sum())] = torch.repeat_interleave(torch.arange(c), ns[:c])
+        tc[: int(nt[:c].sum())] = torch.repeat_interleave(torch.arange(c), nt[:c])
+        chunks.append((sc, tc, c))
+    C = max(c for _, _, c in chunks)
+    mask = torch.zeros(b, C, dtype=torch.bool)
+    for i, (_, _, c) in enumerate(chunks):
+        mask[i, 1:c] = True
+    perm_s = torch.randperm(V_S, generator=g)[:N_COMMON]
+    perm_t = torch.randperm(V_T, generator=g)[:N_COMMON]
+    w = torch.tensor([0.9, 0.09, 0.009, 0.0009]).repeat(V_S, 1)
+    return {
+        "sc": torch.stack([s for s, _, _ in chunks]), "tc": torch.stack([t for _, t, _ in chunks]),
+        "mask": mask, "sid": torch.randint(0, V_S, (b, T), generator=g),
+        "tid": torch.randint(0, V_T, (b, T), generator=g),
+        "cs": perm_s, "ct": perm_t,
+        "w_idx": torch.randint(0, V_T, (V_S, K), generator=g), "w": w / w.sum(1, keepdim=True),
+    }  # fmt: skip
+
+
+def run_method(method: str, T: int, b: int = B) -> float:
+    """One forward+backward of ``method``; returns seconds (logits created before timing)."""
+    import torch
+
+    import xbench.losses as L
+
+    d = make_inputs(T, b)
+    g = torch.Generator().manual_seed(1)
+    vt = V_S if method == "kd" else V_T
+    zs = torch.randn(b, T, V_S, generator=g).requires_grad_()
+    zt = torch.randn(b, T, vt, generator=g) * 2
+    common = (zs, zt, d["sc"], d["tc"], d["mask"])
+    _reset_peak()
+    global _RSS0
+    _RSS0 = _rss_kib()
+    t0 = time.perf_counter()
+    if method == "kd":
+        out = L.get("kd")(zs, zt, d["sid"], chunk_size=256)
+    elif method in ("gold", "hkl"):
+        out = L.get(method)(*common, d["cs"], d["ct"], chunk_size=256)
+    elif method == "pkl":
+        out = L.get("pkl")(*common, d["w_idx"], d["w"], top_k=TOP_K, chunk_size=256)
+    elif method == "trl":
+        return run_trl(zs, zt, d, t0)
+    else:
+        raise ValueError(method)
+    out.total.backward()
+    return time.perf_counter() - t0
+
+
+_RSS0 = 0
+
+
+class _FakeTok:
+    def __init__(self, vocab: dict[str, int]) -> None:
+        self.vocab = vocab
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.vocab
+
+
+def run_trl(zs, zt, d, t0: float) -> float:
+    """TRL's per-sequence path on sequence 0 only (caller scales by B)."""
+    import torch
+    import torch.nn.functional as F
+    from trl.experimental.gold.gold_trainer import ULDLoss
+
+    # Vocabularies whose raw strings match exactly on the benchmark's common pairs.
+    sv = {f"s{i}": i for i in range(V_S)}
+    tv = {f"t{i}": i for i in range(V_T)}
+    for j, (s, t) in enumerate(zip(d["cs"].tolist(), d["ct"].tolist(), strict=True)):
+        del sv[f"s{s}"], tv[f"t{t}"]
+        sv[f"c{j}"], tv[f"c{j}"] = s, t
+    u = ULDLoss.__new__(ULDLoss)
+    torch.nn.Module.__init__(u)
+    u.device, u.beta, u.token_merge_strategy = None, 0.0, "bayesian"
+    u.hybrid_matched_weight = u.hybrid_unmatched_weight = None
+    u.student_tokenizer, u.teacher_tokenizer = _FakeTok(sv), _FakeTok(tv)
+    u._initialize_vocabulary_mapping()  # one-off setup, not timed
+    sc, tc, mask = d["sc"][0], d["tc"][0], d["mask"][0]
+    valid = torch.nonzero(mask).flatten().tolist()
+    s_groups = [(torch.nonzero(sc == c).flatten() - 1).tolist() for c in valid]
+    t_groups = [(torch.nonzero(tc == c).flatten() - 1).tolist() for c in valid]
+    T = zs.shape[1]
+    _reset_peak()
+    global _RSS0
+    _RSS0 = _rss_kib()
+    t0 = time.perf_counter()
+    ps = F.softmax(zs[0, : T - 1], -1)
+    pt = F.softmax(zt[0, : T - 1], -1)
+    sa = u._merge_probabilities_with_alignment_groups(ps, s_groups, d["sid"][0, 1:].tolist())
+    ta = u._merge_probabilities_with_alignment_groups(pt, t_groups, d["tid"][0, 1:].tolist())
+    loss = u._compute_hybrid_uld_loss(sa, ta)
+    loss.backward()
+    return time.perf_counter() - t0
+
+
+def child(method: str, T: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    run_method(method, 16, 1)  # warm-up (imports, allocator, kernels)
+    secs = run_method(method, T)
+    peak = _hwm_kib() - _RSS0
+    print(json.dumps({"method": method, "seconds": secs, "peak_mib": peak / 1024}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", default="kd,gold,pkl,hkl,trl")
+    ap.add_argument("--positions-per-seq", type=int, default=256)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        child(a.child, a.positions_per_seq)
+        return
+    res = {}
+    for m in a.methods.split(","):
+        cmd = [sys.executable, __file__, "--child", m, "--positions-per-seq",
+               str(a.positions_per_seq)]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        if m == "trl":  # timed on 1 of B sequences; linear in B
+            r["seconds"] *= B
+            r["note"] = f"1 of {B} sequences, x{B}"
+        res[m] = r
+        print(f"{m:5s} fwd+bwd {r['seconds']:8.3f} s   peak {r['peak_mib']:8.1f} MiB"
+              f"  {r.get('note', '')}", flush=True)  # fmt: skip
+    print(f"threads=1, B={B}, T={a.positions_per_seq}, V_S={V_S}, V_T={V_T}, top_k={TOP_K}")
+
+    def ratio(x: str, y: str, key: str) -> str:
+        return f"{res[x][key] / res[y][key]:.2f}" if x in res and y in res else "nan"
+
+    print(
+        f"RESULT pkl_time_ratio={ratio('pkl', 'kd', 'seconds')} "
+        f"pkl_mem_ratio={ratio('pkl', 'kd', 'peak_mib')} "
+        f"gold_time_ratio={ratio('gold', 'kd', 'seconds')} "
+        f"hkl_time_ratio={ratio('hkl', 'kd', 'seconds')} "
+        f"gold_vs_trl_speedup={ratio('trl', 'gold', 'seconds')}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Training-engine properties on tiny CPU models: invariances, resume, multi-teacher, cache."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from engine_utils import cell_cfg, max_diff, run_module, state
+
+from xbench.io import read_jsonl
+from xbench.train import NonFiniteLoss, train
+
+FAST = ["train.steps=2", "train.log_every=1", "data.seq_len=64", "world.n_train=200"]
+
+
+def _train(tmp: Path, name: str, *overrides: str) -> Path:
+    run_dir = tmp / name
+    train(cell_cfg(*FAST, *overrides), run_dir)
+    return run_dir
+
+
+@pytest.mark.parametrize("cell", ["ce", "pkl-A", "gold-A"])
+def test_grad_accumulation_1x8_equals_8x1(tmp_path: Path, cell: str) -> None:
+    # Fixed CE/KD weights: the dynamic ratio sg(CE/KD) is per micro-batch by definition.
+    common = [f"cell={cell}", "mix.mode=fixed", "train.global_batch_size=8"]
+    a = _train(tmp_path, "a", *common, "train.micro_batch_size=8")
+    b = _train(tmp_path, "b", *common, "train.micro_batch_size=1")
+    assert max_diff(state(a), state(b)) < 1e-5
+    la = read_jsonl(a / "metrics.jsonl")[0]["train/loss"]
+    lb = read_jsonl(b / "metrics.jsonl")[0]["train/loss"]
+    assert la == pytest.approx(lb, rel=1e-5, abs=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_equal_one_rank_with_double_batch(tmp_path: Path) -> None:
+    common = [
+        "+experiment=mini_smoke",
+        "cell=pkl-A",
+        "mix.mode=fixed",
+        "train.device=cpu",
+        "train.global_batch_size=8",
+        *FAST,
+    ]
+    run_module(
+        ["-m", "xbench.train", *common, "train.micro_batch_size=8", f"run_dir={tmp_path / 'one'}"],
+        cwd=tmp_path,
+    )
+    run_module(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}",
+            "-m",
+            "xbench.train",
+            *common,
+            "train.micro_batch_size=4",
+            f"run_dir={tmp_path / 'two'}",
+        ],
+        cwd=tmp_path,
+    )
+    assert max_diff(state(tmp_path / "one"), state(tmp_path / "two")) < 1e-5
+    l1 = read_jsonl(tmp_path / "one" / "metrics.jsonl")
+    l2 = read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    assert [r["step"] for r in l1] == [r["step"] for r in l2]
+    for r1, r2 in zip(l1, l2, strict=True):
+        assert r1["train/loss"] == pytest.approx(r2["train/loss"], rel=1e-5)
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    args = [
+        "-m",
+        "xbench.train",
+        "+experiment=mini_smoke",
+        "cell=kd-C+pkl-A",
+        "train.steps=6",
+        "train.ckpt_every=1",
+        "train.log_every=1",
+        "data.seq_len=64",
+        "world.n_train=200",
+    ]
+    run_module([*args, f"run_dir={tmp_path / 'full'}"], cwd=tmp_path)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, *args, f"run_dir={killed}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step_00000003.pt").exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "checkpoints" / "step_00000006.pt").exists()
+    run_module([*args, f"run_dir={killed}"], cwd=tmp_path)  # resumes from the latest checkpoint
+    assert max_diff(state(tmp_path / "full"), state(killed)) == 0.0
+    full = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    resumed = read_jsonl(killed / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [r["step"] for r in full] == list(range(1, 7))
+    assert [r["train/loss"] for r in resumed] == [r["train/loss"] for r in full]
+    # Both teachers' components are logged per teacher.
+    keys = set(full[-1])
+    assert {"train/loss_kd/t0", "train/loss_kd/t1", "train/kd/t0/kd", "train/kd/t1/kl"} <= keys
+    assert {"train/numeral_mass", "train/tokens_per_s", "train/peak_mem_mb"} <= keys
+
+
+def test_teacher_cache_one_forward_per_batch_across_methods(tmp_path: Path) -> None:
+    cache = tmp_path / "tcache"
+    opts = [
+        "train.teacher_cache=true",
+        f"train.teacher_cache_dir={cache}",
+        "train.global_batch_size=8",
+        "train.micro_batch_size=4",
+    ]
+    for cell in ("uld-A", "gold-A", "pkl-A"):
+        _train(tmp_path, cell, f"cell={cell}", *opts)
+    logs = list(cache.rglob("forwards.log"))
+    assert len(logs) == 1
+    # 2 steps x 2 micro-batches = 4 distinct batches: one forward each, for all three methods.
+    assert len(logs[0].read_text().splitlines()) == 4
+    # Cached logits give the same update as online ones.
+    online = _train(tmp_path, "online", "cell=pkl-A", *opts[2:])
+    assert max_diff(state(online), state(tmp_path / "pkl-A")) < 1e-5
+
+
+def test_nonfinite_loss_stops_with_a_dump(tmp_path: Path) -> None:
+    with pytest.raises(NonFiniteLoss, match="non-finite loss at step"):
+        _train(
+            tmp_path,
+            "nan",
+            "cell=ce",
+            "optim.lr=1e30",
+            "optim.grad_clip=1e30",
+            "train.steps=4",
+            "optim.warmup_steps=1",
+        )
+    assert list((tmp_path / "nan" / "checkpoints").glob("nonfinite_*.pt"))
+
+
+def test_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"data: the mini corpus is empty"):
+        _train(tmp_path, "empty", "cell=ce", "data.max_docs=0")
+    with pytest.raises(ValueError, match=r"global_batch_size=6 is not divisible"):
+        _train(tmp_path, "div", "cell=ce", "train.global_batch_size=6", "train.micro_batch_size=4")
+    from xbench.models import build_from_config, check_vocab, load_tokenizer
+
+    tok = load_tokenizer("mini:grouped")
+    small = build_from_config(
+        {
+            "hidden_size": 8,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 1,
+            "intermediate_size": 8,
+        },
+        vocab_size=len(tok) - 5,
+        seed=0,
+    )
+    with pytest.raises(
+        ValueError, match=r"teachers\[0\]: the tokenizer has \d+ tokens but the model"
+    ):
+        check_vocab(small, tok, "teachers[0]")
+    assert not (tmp_path / "empty" / "checkpoints").exists()

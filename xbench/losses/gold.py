@@ -1,0 +1,211 @@
+"""GOLD's hybrid loss: a divergence on the 1-to-1 common vocabulary, ULD on the rest.
+
+Semantics (TRL 1.16 ``ULDLoss._compute_hybrid_uld_loss``, read and re-derived, not copied):
+
+* p_S and p_T are chunk distributions from each model's FULL softmax over its own vocabulary.
+  The common-set term compares the sub-vectors p_S[s_j], p_T[t_j] over the pairs (s_j, t_j)
+  without renormalizing them. Because p_S[s_j] = exp(z_s) / sum_v exp(z_v) depends on every
+  student logit, the forward-KL common term sum_j p_T[t_j] (log p_T[t_j] - log p_S[s_j]) has
+  gradient p_S[u] * M_C >= 0 w.r.t. every uncommon student logit u (M_C = sum_j p_T[t_j]): it
+  always pushes uncommon tokens down -- the X-Token paper's Proposition 1.
+* The uncommon term is ULD: sorted L1 between p_S over the student tokens outside the pairs and
+  p_T over the teacher tokens outside the pairs (both un-renormalized), zero-padded.
+* Weights: fixed ``(w_common, w_uncommon)`` or adaptive w_common = |pairs| / V_T (V_T = width of
+  the teacher logits, i.e. the model head), w_uncommon = 1 - w_common.
+* Temperature divides both sides' logits; no T^2 factor (TRL's convention, kept for parity).
+* TRL takes log(clamp(p, 1e-8)) of the sub-vectors; here log-probabilities come straight from the
+  log-softmax, which differs only for probabilities below 1e-8. TRL averages over chunks per
+  sequence and then over sequences; here the loss is a sum over chunks with a chunk count.
+
+The pairs come in as two LongTensors. :data:`GOLD_VARIANTS` names how they were built;
+``xbench.tokenpair.projection.exact_common_pairs(s_tok, t_tok, semantics=...)`` builds them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from xbench.losses.base import LossOutput, register
+from xbench.losses.chunks import ChunkMethod, cross_tokenizer_sums
+from xbench.losses.kd import divergence_terms
+from xbench.losses.uld import sorted_l1
+
+__all__ = ["GOLD_VARIANTS", "gold_loss", "gold_semantics", "hybrid_terms", "hybrid_weights"]
+
+GOLD_VARIANTS: dict[str, str] = {
+    "trl": "pairs = raw get_vocab() string equality (TRL GOLDTrainer); Llama 'Ġthe' != SP '▁the'",
+    "canonical": "pairs = canonical_vocab string equality (space/newline markers unified, "
+    "byte-fallback merged, specials by role); lowest id wins on duplicate canonical strings",
+}
+
+
+def gold_semantics(variant: str = "trl", **overrides: object) -> dict[str, object]:
+    """A record of what a ``gold`` run computed, for its config/metadata."""
+    if variant not in GOLD_VARIANTS:
+        raise ValueError(f"unknown GOLD variant {variant!r}; choose from {sorted(GOLD_VARIANTS)}")
+    rec: dict[str, object] = {
+        "variant": variant,
+        "pairs": GOLD_VARIANTS[variant],
+        "common_term": "divergence_terms(beta) on full-softmax sub-vectors, not renormalized",
+        "uncommon_term": "sorted L1 (ULD) on the complements, zero-padded, not renormalized",
+        "weights": "adaptive: |pairs|/V_T (teacher head width)",
+        "temperature": "both sides z/T, no T^2",
+        "reduction": "sum over chunks; trainer divides by the global chunk count",
+    }
+    rec.update({k: str(v) for k, v in overrides.items()})
+    return rec
+
+
+def hybrid_weights(
+    weights: str | tuple[float, float], n_pairs: int, teacher_vocab: int
+) -> tuple[float, float]:
+    """``"adaptive"`` -> (|pairs| / V_T, 1 - that); a tuple -> itself."""
+    if weights == "adaptive":
+        w_c = n_pairs / max(1, teacher_vocab)
+        return w_c, 1.0 - w_c
+    if isinstance(weights, str):
+        raise ValueError(f"weights={weights!r}: 'adaptive' or (w_common, w_uncommon)")
+    return float(weights[0]), float(weights[1])
+
+
+def _complement(ids: Tensor, size: int) -> Tensor:
+    keep = torch.ones(size, dtype=torch.bool, device=ids.device)
+    keep[ids] = False
+    return torch.nonzero(keep).squeeze(1)
+
+
+def hybrid_terms(
+    lq_s: Tensor,
+    lq_t: Tensor,
+    common_s: Tensor,
+    common_t: Tensor,
+    uncommon_s: Tensor,
+    uncommon_t: Tensor,
+    beta: float,
+    w_common: float,
+    w_uncommon: float,
+) -> dict[str, Tensor]:
+    """Per-slice sums of the hybrid loss from chunk log-probabilities.
+
+    Args:
+        lq_s: (n, V_S) student chunk log-probs; lq_t: (n, V_T) teacher chunk log-probs.
+        common_s, common_t: (M,) paired ids; uncommon_s, uncommon_t: their complements.
+        beta: divergence on the pairs (``jsd`` convention of :func:`divergence_terms`: 0 = forward
+            KL(p_T||p_S), 1 = reverse KL).
+        w_common, w_uncommon: term weights.
+
+    Returns:
+        {"loss", "kl_common", "l1_uncommon", "student_mass_uncommon", "teacher_mass_common"}: sums.
+    """
+    if common_s.numel():
+        div = divergence_terms(lq_s[:, common_s], lq_t[:, common_t], "jsd", beta).sum()
+        t_mass_c = lq_t[:, common_t].exp().sum()
+    else:
+        div = t_mass_c = lq_s.new_zeros(())
+    ps_u = lq_s[:, uncommon_s].exp()  # (n, |U_S|)
+    pt_u = lq_t[:, uncommon_t].exp()  # (n, |U_T|)
+    # TRL skips the term when either side has no uncommon token; so do we.
+    l1 = sorted_l1(ps_u, pt_u).sum() if ps_u.shape[1] and pt_u.shape[1] else lq_s.new_zeros(())
+    return {
+        "loss": w_common * div + w_uncommon * l1,
+        "kl_common": div.detach(),
+        "l1_uncommon": l1.detach(),
+        "student_mass_uncommon": ps_u.sum().detach() if ps_u.shape[1] else lq_s.new_zeros(()),
+        "teacher_mass_common": t_mass_c.detach(),
+    }
+
+
+def hybrid_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    student_chunk: Tensor,
+    teacher_chunk: Tensor,
+    chunk_mask: Tensor,
+    common_student: Tensor,
+    common_teacher: Tensor,
+    *,
+    beta: float = 0.0,
+    weights: str | tuple[float, float] = "adaptive",
+    temperature: float = 1.0,
+    chunk_method: ChunkMethod = "mean",
+    student_ids: Tensor | None = None,
+    teacher_ids: Tensor | None = None,
+    chunk_size: int | None = 256,
+    use_checkpoint: bool = True,
+) -> LossOutput:
+    """Shared body of ``gold`` and ``hkl`` (they differ only in how the pairs were built)."""
+    if common_student.shape != common_teacher.shape:
+        raise ValueError("common_student and common_teacher must pair 1-to-1 (same length)")
+    V_S, V_T = student_logits.shape[-1], teacher_logits.shape[-1]
+    cs, ct = common_student.long(), common_teacher.long()
+    us, ut = _complement(cs, V_S), _complement(ct, V_T)
+    w_c, w_u = hybrid_weights(weights, int(cs.numel()), V_T)
+
+    def term(lq_s: Tensor, lq_t: Tensor) -> dict[str, Tensor]:
+        return hybrid_terms(lq_s, lq_t, cs, ct, us, ut, beta, w_c, w_u)
+
+    sums, n = cross_tokenizer_sums(
+        student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, term,
+        chunk_method=chunk_method, temperature=temperature, student_ids=student_ids,
+        teacher_ids=teacher_ids, chunk_size=chunk_size, use_checkpoint=use_checkpoint,
+    )  # fmt: skip
+    count = torch.tensor(n, device=student_logits.device)
+    if not sums:
+        zero = student_logits.sum() * 0.0
+        return LossOutput(zero, count, {"kl_common": zero.detach(), "l1_uncommon": zero.detach()})
+    total = sums.pop("loss")
+    sums["w_common"] = torch.tensor(w_c * n)  # sums, like every component
+    return LossOutput(total, count, sums)
+
+
+@register("gold")
+def gold_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    student_chunk: Tensor,
+    teacher_chunk: Tensor,
+    chunk_mask: Tensor,
+    common_student: Tensor,
+    common_teacher: Tensor,
+    *,
+    beta: float = 0.0,
+    weights: str | tuple[float, float] = "adaptive",
+    temperature: float = 1.0,
+    chunk_method: ChunkMethod = "mean",
+    student_ids: Tensor | None = None,
+    teacher_ids: Tensor | None = None,
+    chunk_size: int | None = 256,
+    use_checkpoint: bool = True,
+) -> LossOutput:
+    """GOLD hybrid loss, summed over valid chunks c:
+
+        L_c = w_C * sum_j D_beta(p_T[t_j], p_S[s_j])
+              + w_U * sum_r | sort_desc(p_S[U_S])_r - sort_desc(p_T[U_T])_r |
+
+    with (s_j, t_j) the exact 1-to-1 string pairs, U_S / U_T the unpaired ids, p = the chunk
+    distributions of the FULL softmax at temperature T (no T^2), D_beta the element-wise terms of
+    :func:`xbench.losses.kd.divergence_terms` (beta = 0: forward KL, the X-Token baseline;
+    TRL's config default is 0.5). See the module docstring for TRL parity and Proposition 1.
+
+    Args:
+        student_logits: (B, Ts, V_S); teacher_logits: (B, Tt, V_T).
+        student_chunk: (B, Ts); teacher_chunk: (B, Tt); chunk_mask: (B, C) (PairAlignment).
+        common_student, common_teacher: (M,) long, the pairs (``exact_common_pairs``).
+        beta: divergence on the pairs.
+        weights: ``"adaptive"`` (|pairs| / V_T) or ``(w_common, w_uncommon)``.
+        temperature, chunk_method, student_ids, teacher_ids: chunk distributions.
+        chunk_size: chunks per slice; use_checkpoint: checkpoint slices under autograd.
+
+    Returns:
+        LossOutput(total = sum over valid chunks, count = valid chunks, components = sums of
+        kl_common, l1_uncommon, student_mass_uncommon, teacher_mass_common, w_common).
+        The common "KL" is on sub-vectors and can be negative; identical distributions over
+        identical vocabularies with all ids paired give 0. All-masked -> 0, count 0.
+    """
+    return hybrid_loss(
+        student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask,
+        common_student, common_teacher, beta=beta, weights=weights, temperature=temperature,
+        chunk_method=chunk_method, student_ids=student_ids, teacher_ids=teacher_ids,
+        chunk_size=chunk_size, use_checkpoint=use_checkpoint,
+    )  # fmt: skip

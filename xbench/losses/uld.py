@@ -1,0 +1,122 @@
+"""ULD: sorted-probability L1 between chunk distributions (Boizard et al.; GOLD's uncommon term)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from xbench.losses.base import LossOutput, register
+from xbench.losses.chunks import ChunkMethod, cross_tokenizer_sums
+
+__all__ = ["sorted_l1", "uld_loss"]
+
+
+def _sort_desc(x: Tensor, want_index: bool) -> tuple[Tensor, Tensor | None]:
+    """Row-wise descending sort. On CPU numpy's vectorized sort is several times faster than
+    ``torch.sort`` (measured 6x values-only, 2.7x argsort, 1 thread); ties order is irrelevant."""
+    if x.device.type != "cpu":
+        v, i = torch.sort(x, dim=-1, descending=True)
+        return v, (i if want_index else None)
+    a = x.detach().contiguous().numpy()
+    if want_index:
+        idx = np.argsort(a, axis=-1)[:, ::-1]
+        return torch.from_numpy(np.take_along_axis(a, idx, -1)), torch.from_numpy(idx.copy())
+    return torch.from_numpy(np.ascontiguousarray(np.sort(a, axis=-1)[:, ::-1])), None
+
+
+class _SortedL1(torch.autograd.Function):
+    """Row-wise L1 between descending-sorted vectors, zero-padded to a common length.
+
+    Backward: d/d a_i = sign(sa_r - sb_r) at the rank r of a_i (the same sub-gradient as autograd
+    through ``torch.sort`` + ``l1_loss``, sign(0) = 0), scattered back through the permutation.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, b: Tensor) -> Tensor:
+        sa, ia = _sort_desc(a, a.requires_grad)
+        sb, ib = _sort_desc(b, b.requires_grad)
+        sa, sb = sa.to(a.device), sb.to(b.device)
+        m = min(sa.shape[1], sb.shape[1])
+        diff = sa[:, :m] - sb[:, :m]  # (n, m)
+        # Padding the shorter side with zeros makes each surplus entry contribute |value|.
+        out = diff.abs().sum(1) + sa[:, m:].abs().sum(1) + sb[:, m:].abs().sum(1)  # (n,)
+        ctx.save_for_backward(diff, sa[:, m:], sb[:, m:], *(t for t in (ia, ib) if t is not None))
+        ctx.has = (ia is not None, ib is not None)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        diff, ta, tb, *idx = ctx.saved_tensors
+        sign = diff.sign()  # (n, m)
+        g = grad[:, None]
+        grads: list[Tensor | None] = [None, None]
+        it = iter(idx)
+        for side, (has, tail, s) in enumerate(((ctx.has[0], ta, sign), (ctx.has[1], tb, -sign))):
+            if not has:
+                continue
+            perm = next(it).to(grad.device)
+            gs = torch.cat([s, tail.sign()], dim=1) * g  # (n, V_side) in sorted order
+            grads[side] = torch.zeros_like(gs).scatter_(1, perm, gs)
+        return grads[0], grads[1]
+
+
+def sorted_l1(a: Tensor, b: Tensor) -> Tensor:
+    """ULD distance per row: sum_r |sort_desc(a)_r - sort_desc(b)_r|, shorter side zero-padded.
+
+    Args:
+        a: (n, Va) non-negative (probabilities, possibly a sub-vector).
+        b: (n, Vb).
+
+    Returns:
+        (n,) distances; identity-blind (any permutation of a row gives the same value); 0 iff the
+        two rows are equal as multisets up to zero padding.
+    """
+    return _SortedL1.apply(a.float(), b.float())
+
+
+@register("uld")
+def uld_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    student_chunk: Tensor,
+    teacher_chunk: Tensor,
+    chunk_mask: Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_method: ChunkMethod = "mean",
+    student_ids: Tensor | None = None,
+    teacher_ids: Tensor | None = None,
+    chunk_size: int | None = 256,
+    use_checkpoint: bool = True,
+) -> LossOutput:
+    """Universal Logit Distillation on aligned chunks:
+        sum_{valid chunks c} sum_r | sort_desc(q^S_c)_r - sort_desc(q^T_c)_r |,
+    q^S_c, q^T_c the chunk distributions (:mod:`xbench.losses.chunks`, softmax at temperature T,
+    no T^2 factor), the smaller vocabulary zero-padded to the larger.
+
+    Args:
+        student_logits: (B, Ts, V_S); teacher_logits: (B, Tt, V_T).
+        student_chunk: (B, Ts) long chunk id per student token, -1 = none.
+        teacher_chunk: (B, Tt) long; chunk_mask: (B, C) bool (PairAlignment fields).
+        temperature, chunk_method, student_ids, teacher_ids: chunk distributions.
+        chunk_size: chunks per slice; use_checkpoint: checkpoint slices under autograd.
+
+    Returns:
+        LossOutput(total = sum over valid chunks, count = valid chunks, components={"l1": total}).
+        In [0, 2] per chunk for normalized distributions; 0 for identical sorted profiles.
+    """
+
+    def term(lq_s: Tensor, lq_t: Tensor) -> dict[str, Tensor]:
+        return {"l1": sorted_l1(lq_s.exp(), lq_t.exp()).sum()}
+
+    sums, n = cross_tokenizer_sums(
+        student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, term,
+        chunk_method=chunk_method, temperature=temperature, student_ids=student_ids,
+        teacher_ids=teacher_ids, chunk_size=chunk_size, use_checkpoint=use_checkpoint,
+    )  # fmt: skip
+    total = sums["l1"] if sums else student_logits.sum() * 0.0
+    count = torch.tensor(n, device=student_logits.device)
+    return LossOutput(total, count, {"l1": total.detach()})

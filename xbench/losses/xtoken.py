@@ -1,0 +1,89 @@
+"""X-Token blend: alpha * H-KL + (1 - alpha) * P-KL, sharing one pass over the chunks."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from xbench.losses.base import LossOutput, register
+from xbench.losses.chunks import ChunkMethod, cross_tokenizer_sums
+from xbench.losses.gold import _complement, hybrid_terms, hybrid_weights
+from xbench.losses.pkl import TopKScope, projected_kl_terms, teacher_topk_columns
+
+__all__ = ["xtoken_loss"]
+
+
+@register("xtoken")
+def xtoken_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    student_chunk: Tensor,
+    teacher_chunk: Tensor,
+    chunk_mask: Tensor,
+    common_student: Tensor,
+    common_teacher: Tensor,
+    w_indices: Tensor,
+    w_weights: Tensor,
+    *,
+    alpha: float = 0.5,
+    beta: float = 0.0,
+    weights: str | tuple[float, float] = "adaptive",
+    top_k: int = 8192,
+    top_k_scope: TopKScope = "microbatch",
+    temperature: float = 1.0,
+    chunk_method: ChunkMethod = "mean",
+    student_ids: Tensor | None = None,
+    teacher_ids: Tensor | None = None,
+    chunk_size: int | None = 256,
+    use_checkpoint: bool = True,
+) -> LossOutput:
+    """L_c = alpha * HKL_c + (1 - alpha) * PKL_c, summed over valid chunks.
+
+    alpha = 1 is H-KL (:func:`xbench.losses.hkl.hkl_loss`, relaxed pairs ``common_*``), alpha = 0
+    is P-KL (:func:`xbench.losses.pkl.pkl_loss`, projection ``w_*``); the chunk distributions are
+    computed once per slice and shared. Each term keeps its own convention (H-KL: no T^2; P-KL:
+    T^2). Terms with weight 0 are skipped.
+
+    Returns:
+        LossOutput(total, count = valid chunks, components = H-KL's (prefixed ``hkl/``) and
+        P-KL's (prefixed ``pkl/``) sums).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} must be in [0, 1]")
+    V_S, V_T = student_logits.shape[-1], teacher_logits.shape[-1]
+    cs, ct = common_student.long(), common_teacher.long()
+    us, ut = _complement(cs, V_S), _complement(ct, V_T)
+    w_c, w_u = hybrid_weights(weights, int(cs.numel()), V_T)
+    columns = None
+    if alpha < 1.0 and top_k_scope == "microbatch":
+        columns = teacher_topk_columns(
+            teacher_logits, teacher_chunk, chunk_mask, top_k, chunk_method=chunk_method,
+            temperature=temperature, teacher_ids=teacher_ids, chunk_size=chunk_size,
+        )  # fmt: skip
+    idx = w_indices.long()
+
+    def term(lq_s: Tensor, lq_t: Tensor, w: Tensor) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        loss = lq_s.new_zeros(())
+        if alpha > 0.0:
+            h = hybrid_terms(lq_s, lq_t, cs, ct, us, ut, beta, w_c, w_u)
+            loss = loss + alpha * h.pop("loss")
+            out.update({f"hkl/{k}": v for k, v in h.items()})
+        if alpha < 1.0:
+            p = projected_kl_terms(lq_s, lq_t, idx, w, columns, top_k, temperature)
+            loss = loss + (1.0 - alpha) * p.pop("loss")
+            out.update({f"pkl/{k}": v for k, v in p.items()})
+        out["loss"] = loss
+        return out
+
+    sums, n = cross_tokenizer_sums(
+        student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, term,
+        (w_weights,), chunk_method=chunk_method, temperature=temperature,
+        student_ids=student_ids, teacher_ids=teacher_ids, chunk_size=chunk_size,
+        use_checkpoint=use_checkpoint,
+    )  # fmt: skip
+    count = torch.tensor(n, device=student_logits.device)
+    if not sums:
+        return LossOutput(student_logits.sum() * 0.0 + w_weights.sum() * 0.0, count, {})
+    total = sums.pop("loss")
+    return LossOutput(total, count, {k: v.detach() for k, v in sums.items()})
