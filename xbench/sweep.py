@@ -111,7 +111,6 @@ def _print_plan(cfg: DictConfig, resolved: DictConfig, cell: dict[str, Any]) -> 
     hc = HydraConfig.get()
     overrides = [o for o in hc.overrides.task if not o.startswith("plan=")]
     cmd = "python -m xbench.sweep " + " ".join(shlex.quote(o) for o in overrides)
-    cmd += " hydra.mode=RUN" if "+experiment" not in " ".join(overrides) else ""
     res = OmegaConf.to_container(resolved.resources, resolve=True)
     print(
         f"CELL {cfg.experiment} cell={cell['name']} seed={cell['seed']} "
