@@ -44,25 +44,26 @@ ROLES = {  # model role -> tokenizer kind
 
 DEFAULT_WORLD: dict[str, Any] = {
     "seed": 1234,
-    "n_train": 6000,
+    "n_train": 4000,
     "n_test": 300,
-    "n_filler": 2000,
+    "n_filler": 1000,
     "seq_len": 128,
+    # Sized for a 2-core CPU: the whole world builds in a few minutes, once, then is cached.
     "student": {
         "hidden_size": 96,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "intermediate_size": 256,
-        "steps": 150,
+        "steps": 80,
         "lr": 3e-3,
         "batch": 32,
     },
     "teacher": {
-        "hidden_size": 160,
+        "hidden_size": 128,
         "num_hidden_layers": 3,
         "num_attention_heads": 4,
-        "intermediate_size": 448,
-        "steps": 500,
+        "intermediate_size": 384,
+        "steps": 300,
         "lr": 3e-3,
         "batch": 32,
     },
