@@ -36,6 +36,17 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
     return f
 
 
+def pad_id(tok: Any) -> int:
+    """The id used to fill padding: pad, else eos, else 0 (Llama-3 has no pad token).
+
+    Its value never matters: padding is masked out of attention, labels and alignments.
+    """
+    for tid in (tok.pad_token_id, tok.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
 def to_device(batch: dict[str, Any], device: str) -> dict[str, Any]:
     """Move a collated batch (tensors, per-teacher dicts, alignments) to ``device``."""
     out: dict[str, Any] = {}
@@ -174,7 +185,7 @@ def build_session(cfg: DictConfig) -> Session:
     texts = pack(load_texts(cfg.data), s_tok, int(cfg.data.seq_len), str(cfg.data.separator))
     sides = [Side(t.tok, t.same_tokenizer, str(tc.aligner)) for t in teachers]
     dataset = PairDataset(texts, s_tok, sides, int(cfg.data.seq_len))
-    collate = Collator(int(s_tok.pad_token_id), [int(t.tok.pad_token_id) for t in teachers])
+    collate = Collator(pad_id(s_tok), [pad_id(t.tok) for t in teachers])
     # Validates the batch geometry before any work (one clear error).
     StepBatches(
         len(dataset),
