@@ -425,3 +425,72 @@ def test_multi_teacher_helpers() -> None:
     good[0, torch.arange(3), y[0, 1:]] = 5.0
     for kind in ("neg_ce", "neg_entropy", "max_prob"):
         assert teacher_scores(good, y, kind) > teacher_scores(torch.zeros(1, 4, 6), y, kind)
+
+
+# ---------------------------------------------------------------- fast paths (driver)
+
+
+def test_token_slices_bound_rows_per_side(batch: dict) -> None:
+    from xbench.losses.chunks import token_slices
+
+    s_idx = build_chunk_index(batch["sc"], batch["mask"], batch["sid"])
+    t_idx = build_chunk_index(batch["tc"], batch["mask"], batch["tid"])
+    for cap in (1, 3, 5):
+        sl = token_slices(s_idx, t_idx, cap)
+        assert sl[0][0] == 0 and sl[-1][1] == s_idx.num_chunks
+        assert all(sl[i][1] == sl[i + 1][0] for i in range(len(sl) - 1))
+        for a, b in sl:
+            rows = max(
+                int(s_idx.offsets[b] - s_idx.offsets[a]), int(t_idx.offsets[b] - t_idx.offsets[a])
+            )
+            assert rows <= cap or b == a + 1  # a longer chunk forms its own slice
+    assert token_slices(s_idx, t_idx, None) == [(0, s_idx.num_chunks)]
+
+
+@pytest.mark.parametrize("name", ["gold", "pkl", "xtoken"])
+def test_eager_slices_match_one_graph_with_scaled_upstream(batch: dict, name: str) -> None:
+    """Slice-wise gradients during the forward == one autograd graph, for logits and learnable W,
+    also when the loss is scaled downstream (backward gets a gradient != 1)."""
+    d = batch
+    common = (d["s"], d["t"], d["sc"], d["tc"], d["mask"])
+    res = []
+    for ckpt in (False, True):
+        proj = L.LearnableProjection(d["idx"], d["w"])
+        d["s"].grad = None
+        if name == "gold":
+            out = L.get("gold")(*common, d["ps"], d["pt"], beta=0.3, chunk_size=2,
+                                use_checkpoint=ckpt, **xargs(d, "chain"))  # fmt: skip
+        elif name == "pkl":
+            out = L.get("pkl")(*common, proj.indices, proj.weights(), top_k=7, chunk_size=2,
+                               use_checkpoint=ckpt, temperature=1.7, **xargs(d))  # fmt: skip
+        else:
+            out = L.get("xtoken")(*common, d["ps"], d["pt"], proj.indices, proj.weights(),
+                                  alpha=0.4, top_k=7, chunk_size=3,
+                                  use_checkpoint=ckpt)  # fmt: skip
+        (2.5 * out.total).backward()
+        gw = proj.raw.grad.clone() if proj.raw.grad is not None else None
+        res.append((out.total.detach(), d["s"].grad.clone(), gw))
+    assert torch.allclose(res[0][0], res[1][0], atol=1e-5)
+    assert torch.allclose(res[0][1], res[1][1], atol=1e-6)
+    if res[0][2] is not None:
+        assert torch.allclose(res[0][2], res[1][2], atol=1e-6)
+
+
+def test_eager_slices_refuse_second_backward(batch: dict) -> None:
+    d = batch
+    out = L.get("uld")(d["s"], d["t"], d["sc"], d["tc"], d["mask"], chunk_size=2)
+    out.total.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        out.total.backward()
+
+
+def test_teacher_topk_mass_matches_chunk_distributions(batch: dict) -> None:
+    """The weighted-softmax mass of the 'mean' column pick == summed chunk distributions."""
+    from xbench.losses.pkl import teacher_topk_columns
+
+    d = batch
+    pt = naive_chunks(d["t"], d["tc"], d["mask"], d["tid"], "mean", 1.3)
+    for k in (3, 6, 9):
+        ref = torch.sort(pt.sum(0).topk(k).indices).values
+        got = teacher_topk_columns(d["t"], d["tc"], d["mask"], k, temperature=1.3, chunk_size=2)
+        assert torch.equal(got, ref)

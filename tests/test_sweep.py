@@ -55,8 +55,11 @@ def test_mini_smoke_sweep_writes_run_dirs_and_leaderboard_then_skips(tmp_path: P
     board = (sweep / "report" / "leaderboard.md").read_text()
     assert "| none | ce |" in board and "| tiny-C | kd |" in board
     assert (sweep / "report" / "leaderboard.csv").exists()
-    # Rerun: both cells are done for the same config hash, so nothing trains again.
-    run_module(["-m", "xbench.sweep", "+experiment=mini_smoke"], cwd=tmp_path, env=env)
+    launched = len(list((sweep / ".submitit").iterdir()))
+    # Rerun: both cells are done for the same config hash, so nothing is launched again.
+    proc = run_module(["-m", "xbench.sweep", "+experiment=mini_smoke"], cwd=tmp_path, env=env)
+    assert "2 of 2 cells are done already" in proc.stdout + proc.stderr
+    assert len(list((sweep / ".submitit").iterdir())) == launched
     again = _runs(sweep)
     assert {k: v["attempts"] for k, v in again.items()} == {"cell=ce": 1, "cell=kd-C": 1}
     assert (sweep / "report" / "leaderboard.md").read_text() == board

@@ -34,13 +34,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from xbench.losses.base import sliced_sums
 
 __all__ = [
     "CHUNK_METHODS",
@@ -48,6 +46,8 @@ __all__ = [
     "build_chunk_index",
     "chunk_log_probs",
     "cross_tokenizer_sums",
+    "rows_log_probs",
+    "token_slices",
 ]
 
 ChunkMethod = Literal["mean", "chain"]
@@ -142,23 +142,123 @@ def chunk_log_probs(
         (end - start, V) float32 log q, finite everywhere.
     """
     lo, hi = int(index.offsets[start]), int(index.offsets[end])
-    lp = F.log_softmax(flat_logits[index.pred_row[lo:hi]].float() / temperature, dim=-1)  # (P, V)
+    return rows_log_probs(
+        flat_logits[index.pred_row[lo:hi]], index, start, end, method, temperature
+    )
+
+
+def _scaled_rows(rows: Tensor, temperature: float) -> Tensor:
+    """float32 ``rows / T``; skips the divide at T = 1, divides in place on a private copy."""
+    z = rows.float()
+    if temperature == 1.0:
+        return z
+    if z.requires_grad or z.data_ptr() == rows.data_ptr():
+        return z / temperature
+    return z.div_(temperature)
+
+
+def rows_log_probs(
+    rows: Tensor,
+    index: ChunkIndex,
+    start: int,
+    end: int,
+    method: ChunkMethod = "mean",
+    temperature: float = 1.0,
+) -> Tensor:
+    """:func:`chunk_log_probs` from the already gathered predicting rows of chunks ``start..end-1``.
+
+    ``rows`` is ``flat_logits[index.pred_row[offsets[start]:offsets[end]]]`` (P, V). Without
+    autograd (the teacher side) the arithmetic runs in place.
+
+    ``mean``: q = normalize(sum_k softmax(z_k)) -- the 1/n of the mean cancels in the
+    normalization, which divides by the row sum (the original mean renormalized, fewer passes).
+    """
+    z = _scaled_rows(rows, temperature)
     n = end - start
-    if hi - lo == n:  # one token per chunk: the chunk distribution is the position's
-        return lp
-    rows = index.chunk_row[lo:hi] - start  # (P,)
+    if z.shape[0] == n:  # one token per chunk: the chunk distribution is the position's
+        return F.log_softmax(z, dim=-1)
+    lo = int(index.offsets[start])
+    rows_idx = index.chunk_row[lo : lo + z.shape[0]] - start  # (P,)
+    grad = torch.is_grad_enabled() and z.requires_grad
+    tiny = torch.finfo(z.dtype).tiny
     if method == "mean":
-        counts = (index.offsets[start + 1 : end + 1] - index.offsets[start:end]).to(lp.dtype)
-        probs = lp.new_zeros(n, lp.shape[1]).index_add(0, rows, lp.exp())  # (n, V)
-        probs = probs / counts[:, None]
-        log_q = torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
-        return log_q - torch.logsumexp(log_q, dim=-1, keepdim=True)
+        p = F.softmax(z, dim=-1)  # (P, V)
+        probs = p.new_zeros(n, p.shape[1]).index_add_(0, rows_idx, p)  # (n, V) sum of the rows
+        log_norm = probs.sum(-1, keepdim=True).log()  # (n, 1)
+        if grad:
+            return torch.log(probs.clamp_min(tiny)) - log_norm
+        return probs.clamp_min_(tiny).log_().sub_(log_norm)
     if method == "chain":
-        last = index.is_last[lo:hi]  # (P,)
-        tok_lp = lp.gather(1, index.token[lo:hi, None]).squeeze(1)  # (P,)
-        prefix = lp.new_zeros(n).index_add(0, rows[~last], tok_lp[~last])  # (n,)
-        return lp[last] + prefix[:, None]
+        lp = F.log_softmax(z, dim=-1)
+        last = index.is_last[lo : lo + z.shape[0]]  # (P,)
+        tok_lp = lp.gather(1, index.token[lo : lo + z.shape[0], None]).squeeze(1)  # (P,)
+        prefix = lp.new_zeros(n).index_add(0, rows_idx[~last], tok_lp[~last])  # (n,)
+        out = lp[last]
+        return out + prefix[:, None] if grad else out.add_(prefix[:, None])
     raise ValueError(f"unknown chunk method {method!r}; choose from {CHUNK_METHODS}")
+
+
+def token_slices(
+    s_idx: ChunkIndex, t_idx: ChunkIndex, max_tokens: int | None
+) -> list[tuple[int, int]]:
+    """Consecutive chunk ranges holding at most ``max_tokens`` predicting rows on either side.
+
+    Slicing by token count (not chunk count) bounds the (rows, V) temporaries of both sides like a
+    same-tokenizer loss sliced by positions; a chunk longer than ``max_tokens`` forms its own slice.
+    ``None`` or ``<= 0``: one slice.
+    """
+    n = s_idx.num_chunks
+    if n == 0:
+        return []
+    if not max_tokens or max_tokens <= 0:
+        return [(0, n)]
+    so, to = s_idx.offsets, t_idx.offsets
+    out: list[tuple[int, int]] = []
+    start = 0
+    while start < n:
+        e_s = int(torch.searchsorted(so, so[start] + max_tokens, right=True)) - 1
+        e_t = int(torch.searchsorted(to, to[start] + max_tokens, right=True)) - 1
+        end = min(max(min(e_s, e_t), start + 1), n)
+        out.append((start, end))
+        start = end
+    return out
+
+
+class _EagerSlices(torch.autograd.Function):
+    """Sum of per-slice outputs whose gradients are computed slice by slice *during the forward*.
+
+    Why: an activation checkpoint keeps memory at one slice but runs every slice's forward twice.
+    Here each slice builds its small graph, is differentiated at once (``torch.autograd.grad``) and
+    freed; the input gradients are accumulated into buffers that backward hands out (scaled by the
+    incoming gradient). Same memory bound as the checkpoint, no recomputation. Exactly one output
+    (the loss) may carry a gradient; higher-order gradients are not supported.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, compute: Callable[[], tuple[tuple[Tensor, ...], int, list]], *tensors: Tensor
+    ) -> tuple[Tensor, ...]:
+        sums, diff_k, grads = compute()
+        ctx.diff_k, ctx.grads = diff_k, grads
+        ctx.mark_non_differentiable(*(s for k, s in enumerate(sums) if k != diff_k))
+        ctx.set_materialize_grads(False)
+        return sums
+
+    @staticmethod
+    def backward(ctx: Any, *gouts: Tensor | None):
+        g = gouts[ctx.diff_k]
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            raise RuntimeError("backward ran twice through an eagerly differentiated loss")
+        res: list[Tensor | None] = [None]
+        for buf in grads:
+            if buf is None or g is None:
+                res.append(None)
+            elif g.numel() == 1 and float(g) == 1.0:
+                res.append(buf)
+            else:
+                res.append(buf.mul_(g.to(buf.dtype)))
+        return tuple(res)
 
 
 def cross_tokenizer_sums(
@@ -176,12 +276,20 @@ def cross_tokenizer_sums(
     teacher_ids: Tensor | None = None,
     chunk_size: int | None = 256,
     use_checkpoint: bool = True,
+    teacher_fn: Callable[..., Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], int]:
     """Shared driver of the chunk-level losses: slice chunks, build both sides, apply ``term_fn``.
 
     ``term_fn(log_q_s (n, V_S), log_q_t (n, V_T), *extra) -> {name: scalar sum}`` must return the
-    same keys on every slice. Chunks are processed ``chunk_size`` at a time (checkpointed under
-    autograd), so the (n, V) temporaries never exceed ``chunk_size`` rows.
+    same keys on every slice. Slices hold at most ``chunk_size`` predicting rows (tokens) per side
+    (:func:`token_slices`), so the (rows, V) temporaries never exceed ``chunk_size`` rows.
+
+    ``teacher_fn(rows (P_t, V_T), t_index, start, end)`` (optional) replaces the teacher side's
+    :func:`rows_log_probs` (e.g. P-KL needs only its top-k columns).
+
+    Under autograd with ``use_checkpoint`` (default) and more than one slice, each slice is
+    differentiated right after its forward and freed (:class:`_EagerSlices`): the memory of an
+    activation checkpoint without its second forward; ``use_checkpoint=False`` keeps one graph.
 
     Returns:
         ``(sums, n_chunks)``; sums is empty when there is no valid chunk.
@@ -191,19 +299,83 @@ def cross_tokenizer_sums(
     s_idx = build_chunk_index(student_chunk, chunk_mask, student_ids)
     t_idx = build_chunk_index(teacher_chunk, chunk_mask, teacher_ids)
     n = s_idx.num_chunks
+    if n == 0:
+        return {}, 0
     s_flat = student_logits.reshape(-1, student_logits.shape[-1])  # (B*Ts, V_S)
     t_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])  # (B*Tt, V_T)
     keys: list[str] = []
+    slices = token_slices(s_idx, t_idx, chunk_size)
+
+    def sides(start: int, end: int, rs: Tensor, rt: Tensor) -> tuple[Tensor, Tensor]:
+        lq_s = rows_log_probs(rs, s_idx, start, end, chunk_method, temperature)
+        if teacher_fn is not None:
+            return lq_s, teacher_fn(rt, t_idx, start, end)
+        return lq_s, rows_log_probs(rt, t_idx, start, end, chunk_method, temperature)
+
+    def rows_of(idx: ChunkIndex, flat: Tensor, start: int, end: int) -> tuple[Tensor, Tensor]:
+        sel = idx.pred_row[int(idx.offsets[start]) : int(idx.offsets[end])]
+        return sel, flat[sel]
 
     def run(start: int, end: int, s: Tensor, t: Tensor, *ex: Tensor) -> tuple[Tensor, ...]:
-        lq_s = chunk_log_probs(s, s_idx, start, end, chunk_method, temperature)
-        lq_t = chunk_log_probs(t, t_idx, start, end, chunk_method, temperature)
+        lq_s, lq_t = sides(start, end, rows_of(s_idx, s, start, end)[1],
+                           rows_of(t_idx, t, start, end)[1])  # fmt: skip
         out = term_fn(lq_s, lq_t, *ex)
         if not keys:
             keys.extend(sorted(out))
         return tuple(out[k] for k in keys)
 
-    sums = sliced_sums(run, n, chunk_size, (s_flat, t_flat, *extra), use_checkpoint)
-    if sums is None:
-        return {}, 0
+    tensors = (s_flat, t_flat, *extra)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    if not (needs_grad and use_checkpoint and len(slices) > 1):
+        acc: tuple[Tensor, ...] | None = None
+        for start, end in slices:
+            o = run(start, end, *tensors)
+            acc = o if acc is None else tuple(a + b for a, b in zip(acc, o, strict=True))
+        assert acc is not None
+        return dict(zip(keys, acc, strict=True)), n
+
+    def compute() -> tuple[tuple[Tensor, ...], int, list]:
+        bufs: list[Tensor | None] = [None] * len(tensors)
+        acc: list[Tensor] | None = None
+        diff_k = -1
+        for start, end in slices:
+            with torch.enable_grad():
+                sel_s, rs = rows_of(s_idx, s_flat.detach(), start, end)
+                sel_t, rt = rows_of(t_idx, t_flat.detach(), start, end)
+                leaves = [rs.requires_grad_(s_flat.requires_grad),
+                          rt.requires_grad_(t_flat.requires_grad),
+                          *(e.detach().requires_grad_(e.requires_grad) for e in extra)]  # fmt: skip
+                lq_s, lq_t = sides(start, end, leaves[0], leaves[1])
+                out = term_fn(lq_s, lq_t, *leaves[2:])
+                if not keys:
+                    keys.extend(sorted(out))
+                vals = [out[k] for k in keys]
+                diff = [k for k, v in enumerate(vals) if v.requires_grad]
+                if len(diff) > 1:
+                    raise RuntimeError(f"only one output may carry a gradient, got {diff}")
+                if diff:
+                    diff_k = diff[0]
+                    want = [i for i, x in enumerate(leaves) if x.requires_grad]
+                    gs = torch.autograd.grad(vals[diff_k], [leaves[i] for i in want],
+                                             allow_unused=True)  # fmt: skip
+                    for i, gi in zip(want, gs, strict=True):
+                        if gi is None:
+                            continue
+                        if bufs[i] is None:
+                            bufs[i] = torch.zeros_like(tensors[i], dtype=tensors[i].dtype)
+                        if i < 2:
+                            bufs[i].index_add_(0, sel_s if i == 0 else sel_t, gi.to(bufs[i].dtype))
+                        else:
+                            bufs[i].add_(gi)
+                        del gi
+                    del gs
+                vals = [v.detach() for v in vals]
+                del out, lq_s, lq_t, leaves, rs, rt
+            acc = vals if acc is None else [a + v for a, v in zip(acc, vals, strict=True)]
+        assert acc is not None
+        if diff_k < 0:
+            diff_k = 0
+        return tuple(acc), diff_k, bufs
+
+    sums = _EagerSlices.apply(compute, *tensors)
     return dict(zip(keys, sums, strict=True)), n

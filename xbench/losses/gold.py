@@ -98,13 +98,24 @@ def hybrid_terms(
     Returns:
         {"loss", "kl_common", "l1_uncommon", "student_mass_uncommon", "teacher_mass_common"}: sums.
     """
-    if common_s.numel():
-        div = divergence_terms(lq_s[:, common_s], lq_t[:, common_t], "jsd", beta).sum()
-        t_mass_c = lq_t[:, common_t].exp().sum()
+    m = int(common_s.numel())
+    # One column gather per side (common ids first, then the complement) instead of four: the
+    # gathers and their backward scatters are full passes over (n, V).
+    ls = lq_s.index_select(1, torch.cat([common_s, uncommon_s]))  # (n, V_S) permuted
+    lt = lq_t.index_select(1, torch.cat([common_t, uncommon_t]))  # (n, V_T) permuted
+    pt = lt.exp()  # teacher probabilities, permuted like lt
+    lt_c = lt[:, :m]
+    if m:
+        ls_c, pt_c = ls[:, :m], pt[:, :m]
+        if beta == 0.0:  # forward KL, the terms of divergence_terms with p_T reused
+            div = (pt_c * (lt_c - ls_c)).sum()
+        else:
+            div = divergence_terms(ls_c, lt_c, "jsd", beta).sum()
+        t_mass_c = pt_c.sum()
     else:
         div = t_mass_c = lq_s.new_zeros(())
-    ps_u = lq_s[:, uncommon_s].exp()  # (n, |U_S|)
-    pt_u = lq_t[:, uncommon_t].exp()  # (n, |U_T|)
+    ps_u = ls[:, m:].exp()  # (n, |U_S|)
+    pt_u = pt[:, m:]  # (n, |U_T|)
     # TRL skips the term when either side has no uncommon token; so do we.
     l1 = sorted_l1(ps_u, pt_u).sum() if ps_u.shape[1] and pt_u.shape[1] else lq_s.new_zeros(())
     return {
@@ -195,7 +206,8 @@ def gold_loss(
         beta: divergence on the pairs.
         weights: ``"adaptive"`` (|pairs| / V_T) or ``(w_common, w_uncommon)``.
         temperature, chunk_method, student_ids, teacher_ids: chunk distributions.
-        chunk_size: chunks per slice; use_checkpoint: checkpoint slices under autograd.
+        chunk_size: max predicting rows (tokens) per side in one slice; use_checkpoint: under
+            autograd, differentiate slice by slice during the forward (False: one graph).
 
     Returns:
         LossOutput(total = sum over valid chunks, count = valid chunks, components = sums of

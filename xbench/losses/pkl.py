@@ -12,8 +12,9 @@ from xbench.losses.base import LossOutput, register
 from xbench.losses.chunks import (
     ChunkMethod,
     build_chunk_index,
-    chunk_log_probs,
     cross_tokenizer_sums,
+    rows_log_probs,
+    token_slices,
 )
 
 __all__ = [
@@ -156,11 +157,19 @@ def teacher_topk_columns(
     idx = build_chunk_index(teacher_chunk, chunk_mask, teacher_ids)
     flat = teacher_logits.reshape(-1, v_t)
     mass = teacher_logits.new_zeros(v_t, dtype=torch.float32)
-    step = chunk_size if chunk_size and chunk_size > 0 else max(idx.num_chunks, 1)
     with torch.no_grad():
-        for start in range(0, idx.num_chunks, step):
-            end = min(start + step, idx.num_chunks)
-            mass += chunk_log_probs(flat, idx, start, end, chunk_method, temperature).exp().sum(0)
+        for start, end in token_slices(idx, idx, chunk_size):
+            lo, hi = int(idx.offsets[start]), int(idx.offsets[end])
+            rows = flat[idx.pred_row[lo:hi]]
+            if chunk_method == "mean":  # sum_c mean_k softmax(z_k): a weighted sum of rows
+                z = rows.float() if temperature == 1.0 else rows.float() / temperature
+                counts = (idx.offsets[start + 1 : end + 1] - idx.offsets[start:end]).float()
+                wts = 1.0 / counts[idx.chunk_row[lo:hi] - start]  # (P,)
+                mass += wts @ F.softmax(z, dim=-1)
+            else:
+                mass += (
+                    rows_log_probs(rows, idx, start, end, chunk_method, temperature).exp_().sum(0)
+                )
     return torch.sort(mass.topk(top_k).indices).values
 
 
@@ -206,7 +215,8 @@ def pkl_loss(
         w_indices: (V_S, K) long; w_weights: (V_S, K) float.
         top_k, top_k_scope: column restriction. temperature: T (result times T^2).
         chunk_method, student_ids, teacher_ids: chunk distributions.
-        chunk_size: chunks per slice; use_checkpoint: checkpoint slices under autograd.
+        chunk_size: max predicting rows (tokens) per side in one slice; use_checkpoint: under
+            autograd, differentiate slice by slice during the forward (False: one graph).
 
     Returns:
         LossOutput(total = sum over chunks, count = valid chunks, components = sums of kl,

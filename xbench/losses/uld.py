@@ -102,7 +102,8 @@ def uld_loss(
         student_chunk: (B, Ts) long chunk id per student token, -1 = none.
         teacher_chunk: (B, Tt) long; chunk_mask: (B, C) bool (PairAlignment fields).
         temperature, chunk_method, student_ids, teacher_ids: chunk distributions.
-        chunk_size: chunks per slice; use_checkpoint: checkpoint slices under autograd.
+        chunk_size: max predicting rows (tokens) per side in one slice; use_checkpoint: under
+            autograd, differentiate slice by slice during the forward (False: one graph).
 
     Returns:
         LossOutput(total = sum over valid chunks, count = valid chunks, components={"l1": total}).

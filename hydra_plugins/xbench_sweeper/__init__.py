@@ -1,0 +1,1 @@
+"""Hydra plugin: the xbench sweeper (lives in the ``hydra_plugins`` namespace as Hydra requires)."""
