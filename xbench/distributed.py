@@ -23,6 +23,14 @@ class DistInfo:
         return self.rank == 0
 
 
+def env_rank() -> int:
+    """This process's global rank from the launcher's environment, before any init."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
 def _env_from_slurm() -> None:
     """Export torchrun-style variables from SLURM's when srun started the ranks."""
     if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:

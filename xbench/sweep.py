@@ -56,15 +56,19 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("plan"):
         _print_plan(cfg, resolved, cell)
         return {"status": "planned", "run_dir": str(run_dir)}
+    from xbench import distributed
+
     rd = RunDir(run_dir)
     h = config_hash(resolved)
     if rd.is_done(h):
         log.info("cell %s is done (config %s): skipped", run_dir.name, h)
         return {"status": "skipped", "run_dir": str(run_dir)}
-    rd.start(resolved, cell, str(cfg.experiment))
+    # A multi-task cell runs this function once per rank; only rank 0 writes the run directory.
+    main_rank = distributed.env_rank() == 0
+    if main_rank:
+        rd.start(resolved, cell, str(cfg.experiment))
     t0 = time.time()
     try:
-        from xbench import distributed
         from xbench.evaluate import evaluate
         from xbench.models import load_model, load_tokenizer
         from xbench.train import _configure_world, train
@@ -77,7 +81,10 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
         else:
             tok = load_tokenizer(resolved.student.tokenizer)
             model = load_model(resolved.student, tok, field="student", seed=int(resolved.seed))
-            is_main, summary = True, {"steps": 0, "final_loss": None}
+            is_main, summary = (
+                main_rank,
+                {"steps": 0, "final_loss": None, "resumed_from": 0, "world_size": 1},
+            )
         t1 = time.time()
         if is_main:
             results = evaluate(model, tok, ev, out_dir=run_dir, model_name=cell["student"])
@@ -88,7 +95,9 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
                     "eval_s": time.time() - t1,
                     "total_s": time.time() - t0,
                 },
-                train={"steps": summary["steps"], "final_loss": summary["final_loss"]},
+                train={
+                    k: summary[k] for k in ("steps", "final_loss", "resumed_from", "world_size")
+                },
                 scores={k: v["value"] for k, v in results["tasks"].items()},
             )
         distributed.barrier()
@@ -97,6 +106,8 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
                 p.unlink()
         return {"status": "done", "run_dir": str(run_dir)}
     except Exception as exc:  # recorded, reported, and the sweep goes on
+        if not main_rank:
+            raise
         rd.update(
             status="failed",
             error=f"{type(exc).__name__}: {exc}",

@@ -85,6 +85,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 "Lower optim.lr or check the teacher/W inputs."
             )
         grad_norm = sess.optimizer_step()
+        if tc.get("debug_sleep_s"):  # tests of time limits and requeue need slow steps
+            time.sleep(float(tc.debug_sleep_s))
         last_loss = loss_val
         dt = time.time() - t0
         if log_now:
@@ -120,6 +122,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "steps": steps,
         "final_loss": last_loss,
         "seconds": time.time() - t_start,
+        "resumed_from": start,
+        "world_size": sess.info.world_size,
         "student": sess.student,
         "tokenizer": sess.s_tok,
         "dist": sess.info,
