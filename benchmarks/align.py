@@ -1,10 +1,15 @@
 """Benchmark cross-tokenizer aligners on the GSM8K test set (Llama-3 student, Qwen3 teacher).
 
-Measures, side by side in one run and excluding tokenization: the offset aligner (batched, numpy),
-the paper's DP aligner (on a subset, it is slow), and TRL's GOLD aligner
-(``ULDLoss._align_by_byte_offsets``, used by GOLDTrainer, from trl 1.16, imported, fed the same
-offsets as Python lists, its native input). Also the batched fast-tokenizer throughput, the
-aligner's cost as a share of tokenizing both sides, and the share of 1:1 chunks.
+Measures, side by side in one run and excluding tokenization (every aligner gets the ids / offsets
+of one ``encode`` call, made before timing): the offset aligner (batched, numpy; the timed call
+returns one ``SeqAlignment`` per sequence), the paper's DP aligner (on the first ``--dp-subset``
+sequences, it is slow), and TRL's GOLD aligner (``ULDLoss._align_by_byte_offsets``, used by
+GOLDTrainer, from trl 1.16, imported, fed the same offsets as Python lists, its native input).
+Timing policy, the same for all three: one untimed warm-up call, then the best (minimum) wall time
+of ``--reps`` calls, each over the aligner's whole set. Also: the offset aligner's flat batch API
+(no per-sequence objects) and its one-sequence-at-a-time entry point (as ``xbench.data`` calls
+it), the batched fast-tokenizer throughput, the aligner's cost as a share of tokenizing both
+sides, and the share of 1:1 chunks.
 
 Usage:
     python -m benchmarks.align [--dp-subset 100] [--reps 5]
@@ -31,7 +36,9 @@ from xbench.tokenpair.align import TokenizerPairAligner
 
 
 def _best_time(fn, reps: int) -> float:
-    """Minimum wall time of ``reps`` calls (the least disturbed by other processes)."""
+    """Minimum wall time of ``reps`` calls after one untimed warm-up (the least disturbed by
+    other processes)."""
+    fn()
     best = float("inf")
     for _ in range(reps):
         start = time.perf_counter()
@@ -58,6 +65,11 @@ def run(dp_subset: int = 100, reps: int = 5) -> dict[str, float]:
 
     off_s = _best_time(lambda: aligner.align_batch(si, ti, so, to, texts), reps)
     alignments = aligner.align_batch(si, ti, so, to, texts)
+    flat_s = _best_time(lambda: aligner.align_batch_flat(si, ti, so, to, texts), reps)
+    single_s = _best_time(
+        lambda: [aligner.align(si[i], ti[i], so[i], to[i], texts=texts[i]) for i in range(n)],
+        max(1, reps // 2),
+    )
 
     so_list = [x.tolist() for x in so]
     to_list = [x.tolist() for x in to]
@@ -66,7 +78,7 @@ def run(dp_subset: int = 100, reps: int = 5) -> dict[str, float]:
     )
 
     k = min(dp_subset, n)
-    dp_s = _best_time(lambda: [aligner.align_dp(si[i], ti[i]) for i in range(k)], 1)
+    dp_s = _best_time(lambda: [aligner.align_dp(si[i], ti[i]) for i in range(k)], reps)
     dp_al = [aligner.align_dp(si[i], ti[i]) for i in range(k)]
 
     chunks = sum(a.num_chunks for a in alignments)
@@ -78,6 +90,8 @@ def run(dp_subset: int = 100, reps: int = 5) -> dict[str, float]:
 
     fig = {
         "offset_seq_per_s": n / off_s,
+        "offset_flat_seq_per_s": n / flat_s,
+        "offset_single_seq_per_s": n / single_s,
         "dp_seq_per_s": k / dp_s,
         "trl_seq_per_s": n / trl_s,
         "tokenize_seq_per_s": n / tok_s,
@@ -102,10 +116,19 @@ def run(dp_subset: int = 100, reps: int = 5) -> dict[str, float]:
         f"{fig['aligner_pct_of_tokenize']:.1f}% of tokenizing both sides"
     )
     print(
+        f"  offset aligner, flat API (align_batch_flat, no per-sequence objects, best of {reps}): "
+        f"{fig['offset_flat_seq_per_s']:.0f} seq/s; one sequence per call (align, as "
+        f"xbench.data does, best of {max(1, reps // 2)}): "
+        f"{fig['offset_single_seq_per_s']:.0f} seq/s"
+    )
+    print(
         f"  TRL GOLD ULDLoss._align_by_byte_offsets (all {n}, best of {reps}, inputs "
         f"pre-converted to lists): {fig['trl_seq_per_s']:.0f} seq/s"
     )
-    print(f"  DP aligner (first {k} sequences only, for time): {fig['dp_seq_per_s']:.1f} seq/s")
+    print(
+        f"  DP aligner (first {k} sequences only, for time; best of {reps}): "
+        f"{fig['dp_seq_per_s']:.1f} seq/s"
+    )
     print(
         f"  offset chunks: {chunks} ({chunks / n:.1f}/seq), "
         f"1:1 share {fig['one_to_one_share']:.3f}, valid share {valid / chunks:.3f}"

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from xbench.tokenpair.canon import bytes_to_text, token_table
-from xbench.tokenpair.types import PairAlignment, SeqAlignment
+from xbench.tokenpair.types import FlatAlignment, PairAlignment, SeqAlignment
 
 __all__ = [
     "TokenizerPairAligner",
@@ -76,6 +76,7 @@ class TokenizerPairAligner:
         roles: dict[str, int] = {}
         self._s_code = _role_codes(s_table.canonical, s_table.special, roles)
         self._t_code = _role_codes(t_table.canonical, t_table.special, roles)
+        self._s_special, self._t_special = self._s_code >= 0, self._t_code >= 0
         self._s_keys = _dp_keys(s_table.canonical, s_table.raw_bytes, s_table.special)
         self._t_keys = _dp_keys(t_table.canonical, t_table.raw_bytes, t_table.special)
         self._s_bytes, self._t_bytes = s_table.raw_bytes, t_table.raw_bytes
@@ -168,6 +169,35 @@ class TokenizerPairAligner:
         Returns:
             One :class:`SeqAlignment` per sequence.
         """
+        return self._align_offsets(
+            student_ids, teacher_ids, student_offsets, teacher_offsets, texts
+        ).to_list()
+
+    def align_batch_flat(
+        self,
+        student_ids: Sequence,
+        teacher_ids: Sequence,
+        student_offsets: Sequence,
+        teacher_offsets: Sequence,
+        texts: Sequence[str] | None = None,
+    ) -> FlatAlignment:
+        """:meth:`align_batch` without per-sequence objects: flat arrays plus row splits, which
+        :func:`collate_alignments` pads directly. Same arguments and row contents."""
+        return self._align_offsets(
+            student_ids, teacher_ids, student_offsets, teacher_offsets, texts
+        ).to_flat()
+
+    def _align_offsets(
+        self,
+        student_ids,
+        teacher_ids,
+        student_offsets,
+        teacher_offsets,
+        texts=None,
+        force_slow: bool = False,
+    ) -> _FlatResult:
+        """Checks, flattening and :func:`_align_flat` (``force_slow``: every sequence through
+        the per-sequence path, for tests)."""
         n = len(student_ids)
         lens = [len(teacher_ids), len(student_offsets), len(teacher_offsets)]
         if any(x != n for x in lens):
@@ -175,14 +205,16 @@ class TokenizerPairAligner:
                 f"align_batch got {n} student sequences but {lens} teacher ids / student "
                 "offsets / teacher offsets; pass one entry per sequence in each list."
             )
-        if n == 0:
-            return []
-        s = _flatten(student_ids, student_offsets, self._s_code, "student")
-        t = _flatten(teacher_ids, teacher_offsets, self._t_code, "teacher")
+        s = _flatten(student_ids, student_offsets, self._s_code, self._s_special, "student")
+        t = _flatten(teacher_ids, teacher_offsets, self._t_code, self._t_special, "teacher")
         forbidden = None
         if texts is not None and self._normalizes:
+            if len(texts) != n:
+                raise ValueError(
+                    f"align_batch got {n} sequences but {len(texts)} texts; pass one per sequence."
+                )
             forbidden = _forbidden_cuts(texts)
-        return _align_flat(s, t, n, forbidden)
+        return _align_flat(s, t, n, forbidden, force_slow)
 
     def align_dp(self, student_ids, teacher_ids) -> SeqAlignment:
         """Align one sequence pair with the paper's anchored DP over canonical tokens."""
@@ -220,36 +252,50 @@ def _dp_keys(canonical: list[str], raw: list[bytes | None], special: list[bool])
     ]
 
 
-class _Flat:
+class _Side:
     """One side of a batch as flat arrays (see :func:`_flatten`)."""
 
-    __slots__ = ("code", "counts", "e", "s", "seq", "starts", "text")
+    __slots__ = ("codes", "counts", "e", "ids", "s", "special", "splits", "zw")
 
-    def __init__(self, s, e, seq, code, counts, starts, text):
-        self.s, self.e, self.seq, self.code = s, e, seq, code
-        self.counts, self.starts, self.text = counts, starts, text
+    def __init__(self, ids, s, e, counts, splits, zw, special, codes):
+        self.ids, self.s, self.e = ids, s, e
+        self.counts, self.splits, self.zw = counts, splits, zw
+        self.special, self.codes = special, codes
+
+    def seq(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(offsets (T, 2), role codes (T,), text mask (T,))`` of sequence ``b``."""
+        lo, hi = int(self.splits[b]), int(self.splits[b + 1])
+        s, e = self.s[lo:hi], self.e[lo:hi]
+        return np.stack([s, e], axis=1), self.codes[self.ids[lo:hi]], e > s
 
 
-def _flatten(ids: Sequence, offsets: Sequence, codes: np.ndarray, side: str) -> _Flat:
+def _flatten(
+    ids: Sequence, offsets: Sequence, codes: np.ndarray, special: np.ndarray, side: str
+) -> _Side:
     """Concatenate one side's sequences into flat arrays (one C-level concatenate per field)."""
-    counts = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    off_counts = np.fromiter(map(len, offsets), dtype=np.int64, count=len(offsets))
+    n = len(ids)
+    counts = np.fromiter(map(len, ids), dtype=np.int64, count=n)
+    off_counts = np.fromiter(map(len, offsets), dtype=np.int64, count=n)
     if not np.array_equal(counts, off_counts):
         raise ValueError(
             f"{side}_offsets and {side}_ids differ in length for some sequence; pass the "
             "offset_mapping returned with those ids (one (start, end) pair per token)."
         )
-    total = int(counts.sum())
-    flat_ids = np.concatenate(ids).astype(np.int64, copy=False) if total else np.zeros(0, np.int64)
-    off = np.concatenate(offsets).astype(np.int64, copy=False) if total else np.zeros((0, 2))
-    off = off.reshape(-1, 2).astype(np.int64, copy=False)
+    splits = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=splits[1:])
+    if splits[-1]:
+        flat_ids = np.concatenate(ids).astype(np.int64, copy=False)
+        off = np.concatenate(offsets).astype(np.int64, copy=False).reshape(-1, 2)
+    else:
+        flat_ids, off = np.zeros(0, np.int64), np.zeros((0, 2), np.int64)
     if flat_ids.size and (flat_ids.min() < 0 or flat_ids.max() >= len(codes)):
         raise ValueError(
             f"{side}_ids holds ids outside [0, {len(codes)}); pass ids of the {side} tokenizer."
         )
-    seq = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    return _Flat(off[:, 0], off[:, 1], seq, codes[flat_ids], counts, starts, None)
+    s, e = off[:, 0], off[:, 1]
+    zero_width = e <= s
+    zw = np.flatnonzero(zero_width) if zero_width.any() else np.zeros(0, dtype=np.int64)
+    return _Side(flat_ids, s, e, counts, splits, zw, special, codes)
 
 
 def _forbidden_cuts(texts: Sequence[str]) -> list[tuple[int, list[int]]]:
@@ -275,133 +321,289 @@ def _forbidden_cuts(texts: Sequence[str]) -> list[tuple[int, list[int]]]:
     return out
 
 
-# Cut membership uses a dense bitmap over the shifted coordinate line when it is at most this
-# long (linear time); longer batches fall back to binary search.
+# Cut matching uses a dense bitmap over the shifted coordinate line when it is at most this
+# long (linear time); longer batches fall back to a sorted intersection.
 _BITMAP_MAX = 1 << 26
+# Overlapping offsets (byte-level split characters) in at most this many sequences are fixed
+# per sequence; more, and the running max / suffix min run over the whole batch.
+_OVERLAP_LOOP_MAX = 32
 
 
-def _align_flat(s: _Flat, t: _Flat, n: int, forbidden=None) -> list[SeqAlignment]:
-    """Vectorized offset alignment of ``n`` flattened sequence pairs."""
+class _FlatResult:
+    """Vectorized output: flat per-token chunk ids, flat per-chunk flags, row splits, plus the
+    sequences the slow path computed (which replace the flat rows)."""
+
+    __slots__ = (
+        "c_splits",
+        "one_to_one",
+        "s_chunk",
+        "s_splits",
+        "slow",
+        "t_chunk",
+        "t_splits",
+        "valid",
+    )
+
+    def __init__(self, s_chunk, t_chunk, one_to_one, valid, s_splits, t_splits, c_splits, slow):
+        self.s_chunk, self.t_chunk, self.one_to_one = s_chunk, t_chunk, one_to_one
+        self.valid = valid
+        self.s_splits, self.t_splits, self.c_splits = s_splits, t_splits, c_splits
+        self.slow = slow
+
+    def to_list(self) -> list[SeqAlignment]:
+        """Per-sequence views of the flat arrays, slow-path sequences swapped in."""
+        make = SeqAlignment._unchecked
+        sc, tc, oo, va = self.s_chunk, self.t_chunk, self.one_to_one, self.valid
+        sp, tp, cp = self.s_splits.tolist(), self.t_splits.tolist(), self.c_splits.tolist()
+        out = [
+            make(sc[s0:s1], tc[t0:t1], oo[c0:c1], va[c0:c1])
+            for s0, s1, t0, t1, c0, c1 in zip(
+                sp[:-1], sp[1:], tp[:-1], tp[1:], cp[:-1], cp[1:], strict=True
+            )
+        ]
+        for b, al in self.slow.items():
+            out[b] = al
+        return out
+
+    def to_flat(self) -> FlatAlignment:
+        """The batch as a :class:`FlatAlignment` (re-concatenated when slow rows exist)."""
+        if self.slow:
+            return FlatAlignment.from_list(self.to_list())
+        return FlatAlignment(
+            student_chunk=self.s_chunk,
+            teacher_chunk=self.t_chunk,
+            one_to_one=self.one_to_one,
+            valid=self.valid,
+            student_splits=self.s_splits,
+            teacher_splits=self.t_splits,
+            chunk_splits=self.c_splits,
+        )
+
+
+def _align_flat(s: _Side, t: _Side, n: int, forbidden=None, force_slow=False) -> _FlatResult:
+    """Vectorized offset alignment of ``n`` flattened sequence pairs.
+
+    Works on all tokens at once: positions are shifted by ``seq * stride`` so sequences never
+    meet, and zero-width tokens before or after a sequence's text are given neutral positions
+    instead of being removed. Rare cases are detected cheaply and sent to :func:`_align_one`
+    per sequence (the fast path gives those sequences no chunks, then they are swapped in):
+    forbidden cut positions (non-NFC text under a normalizing tokenizer), zero-width tokens on
+    both sides (possible 1:1 special pairs) and zero-width tokens amid the text.
+    ``force_slow`` sends every sequence there (tests check both paths agree).
+    """
     stride = int(max(s.e.max(initial=0), t.e.max(initial=0))) + 1
-    s_txt, s_pos, s_after = _text_cuts(s, stride)
-    t_txt, t_pos, t_after = _text_cuts(t, stride)
-    s_common = _member(s_pos, t_pos, n * stride)
-    t_common = _member(t_pos, s_pos, n * stride)
-    if forbidden:
-        bad = np.concatenate([b * stride + np.asarray(p, dtype=np.int64) for b, p in forbidden])
-        s_common &= ~_member(s_pos, bad, n * stride)
-        t_common &= ~_member(t_pos, bad, n * stride)
-    s_seq, t_seq = s.seq[s_txt], t.seq[t_txt]
-    s_has_txt = np.bincount(s_seq, minlength=n) > 0
-    t_has_txt = np.bincount(t_seq, minlength=n) > 0
-    both = s_has_txt & t_has_txt
-    # Chunks per sequence: common cuts + 1 where both sides have text, else none.
-    n_chunks = np.where(both, np.bincount(s_seq[s_after[s_common]], minlength=n) + 1, 0)
-    base = np.concatenate(([0], np.cumsum(n_chunks)[:-1]))
-    total = int(n_chunks.sum())
-    s_gid = _global_ids(s_seq, s_after[s_common], base, both)
-    t_gid = _global_ids(t_seq, t_after[t_common], base, both)
-
-    s_in, t_in = s_gid >= 0, t_gid >= 0
-    s_cnt = np.bincount(s_gid[s_in], minlength=total)
-    t_cnt = np.bincount(t_gid[t_in], minlength=total)
-    one_to_one = (s_cnt == 1) & (t_cnt == 1)
-    valid = np.ones(total, dtype=bool)
-    # A special token spelled inside the text (non-zero width) never decodes to the other side's
-    # text, so its chunk is kept for the partition but masked out of the loss.
-    valid[s_gid[s_in & (s.code[s_txt] >= 0)]] = False
-    valid[t_gid[t_in & (t.code[t_txt] >= 0)]] = False
-
-    s_chunk = np.full(len(s.s), -1, dtype=np.int64)
-    t_chunk = np.full(len(t.s), -1, dtype=np.int64)
-    s_chunk[s_txt] = np.where(s_in, s_gid - base[s_seq], -1)
-    t_chunk[t_txt] = np.where(t_in, t_gid - base[t_seq], -1)
-
-    # Sequences needing the slow path: zero-width tokens on both sides (possible pairs).
-    s_zw = np.bincount(s.seq[s.e <= s.s], minlength=n) > 0
-    t_zw = np.bincount(t.seq[t.e <= t.s], minlength=n) > 0
-    slow = (s_zw & t_zw).tolist()
-    s_b = np.append(s.starts, len(s.s)).tolist()
-    t_b = np.append(t.starts, len(t.s)).tolist()
-    c_b = np.append(base, total).tolist()
-    out: list[SeqAlignment] = []
-    for b in range(n):
-        sc = s_chunk[s_b[b] : s_b[b + 1]]
-        tc = t_chunk[t_b[b] : t_b[b + 1]]
-        oo = one_to_one[c_b[b] : c_b[b + 1]]
-        va = valid[c_b[b] : c_b[b + 1]]
-        if slow[b]:
-            sc, tc, oo, va = _fix_sequence(sc, tc, oo, va, s, t, b, s_b, t_b)
-        out.append(SeqAlignment(sc, tc, oo, va))
-    return out
-
-
-def _member(x: np.ndarray, ref: np.ndarray, line: int) -> np.ndarray:
-    """``bool`` mask of the entries of ``x`` present in ``ref`` (both non-negative ints)."""
-    if len(x) == 0 or len(ref) == 0:
-        return np.zeros(len(x), dtype=bool)
+    line = n * stride
+    slow_seqs = [b for b, _ in forbidden or ()]
+    s_first, s_ok, s_pos, s_has, s_mid = _side_cuts(s, stride, n, line)
+    t_first, t_ok, t_pos, t_has, t_mid = _side_cuts(t, stride, n, line)
+    slow_seqs += s_mid + t_mid
+    if len(s.zw) and len(t.zw):
+        s_zw = np.bincount(np.searchsorted(s.splits, s.zw, side="right") - 1, minlength=n)
+        t_zw = np.bincount(np.searchsorted(t.splits, t.zw, side="right") - 1, minlength=n)
+        slow_seqs += np.flatnonzero((s_zw > 0) & (t_zw > 0)).tolist()
+    if force_slow:
+        slow_seqs = range(n)
+    # Common cuts: positions where both sides may cut (a valid cut position is unique on its
+    # side over the batch; every other token holds False or a position of its own sequence).
     if line <= _BITMAP_MAX:
         mark = np.zeros(line + 1, dtype=bool)
-        mark[ref] = True
-        return mark[x]
-    ref = np.sort(ref)
-    idx = np.minimum(np.searchsorted(ref, x), len(ref) - 1)
-    return ref[idx] == x
+        mark[s_pos] = s_ok
+        t_cut = mark[t_pos]
+        t_cut &= t_ok
+        mark = np.zeros(line + 1, dtype=bool)
+        mark[t_pos] = t_ok
+        s_cut = mark[s_pos]
+        s_cut &= s_ok
+    else:
+        common = np.intersect1d(s_pos[s_ok], t_pos[t_ok], assume_unique=True)
+        s_cut = s_ok & np.isin(s_pos, common)
+        t_cut = t_ok & np.isin(t_pos, common)
+    both = s_has & t_has
+    both[list(slow_seqs)] = False
+    s_gap = t_gap = None
+    if not both.all():  # no chunks where one side has no text (or the slow path decides)
+        s_gap = np.repeat(~both, s.counts)
+        t_gap = np.repeat(~both, t.counts)
+        s_cut &= ~s_gap
+        t_cut &= ~t_gap
+    s_chunk, s_single, k = _local_ids(s, s_first, s_cut, both, s_gap)
+    t_chunk, t_single, _ = _local_ids(t, t_first, t_cut, both, t_gap)
+    c_splits = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.where(both, k + 1, 0), out=c_splits[1:])
+    one_to_one = s_single & t_single
+    valid = np.ones(len(one_to_one), dtype=bool)
+    # A special token spelled inside the text (non-zero width) never decodes to the other side's
+    # text, so its chunk is kept for the partition but masked out of the loss.
+    for side, chunk in ((s, s_chunk), (t, t_chunk)):
+        sp = side.special[side.ids]
+        if sp.any():
+            idx = np.flatnonzero(sp)
+            idx = idx[chunk[idx] >= 0]
+            seq = np.searchsorted(side.splits, idx, side="right") - 1
+            valid[c_splits[seq] + chunk[idx]] = False
+
+    slow: dict[int, SeqAlignment] = {}
+    bad_of = dict(forbidden or ())
+    for b in sorted(set(slow_seqs)):
+        s_off, s_code, s_w = s.seq(b)
+        t_off, t_code, t_w = t.seq(b)
+        slow[b] = _align_one(s_off, s_code, s_w, t_off, t_code, t_w, bad_of.get(b, ()))
+    return _FlatResult(s_chunk, t_chunk, one_to_one, valid, s.splits, t.splits, c_splits, slow)
 
 
-def _global_ids(seq: np.ndarray, cut_after: np.ndarray, base: np.ndarray, both: np.ndarray):
-    """Global chunk id of each text token (-1 where the other side has no text in the sequence).
-
-    ``cut_after`` holds text-token indices followed by a common cut; the local id is the running
-    count of such cuts since the sequence's first text token.
-    """
-    m = len(seq)
-    if m == 0:
-        return np.zeros(0, dtype=np.int64)
-    bump = np.zeros(m, dtype=np.int64)
-    bump[cut_after + 1] = 1
-    running = np.cumsum(bump)
-    # Text tokens are sorted by sequence: one binary search per sequence finds its first token.
-    first = np.minimum(np.searchsorted(seq, np.arange(len(base))), m - 1)
-    gid = running + (base - running[first])[seq]
-    if both.all():
-        return gid
-    return np.where(both[seq], gid, -1)
-
-
-def _text_cuts(side: _Flat, stride: int):
-    """Cuts between consecutive text (non-zero-width) tokens of one side.
+def _side_cuts(side: _Side, stride: int, n: int, line: int):
+    """Where one side may cut, over the batch (a cut falls before a token, between two text
+    tokens of a sequence, where every token lies wholly before or after it).
 
     Returns:
-        ``(text_idx, cut_pos, cut_after)``: flat indices of text tokens, the shifted position
-        (``seq * stride + char``) of each valid cut, and the text-token index (into
-        ``text_idx``) each cut follows.
+        ``(first, ok, pos, has_text, middle)``: per sequence, the index of its first text
+        token; per token, whether a cut may fall before it; per token, the shifted position
+        (``seq * stride + char``) of that cut (unique among the ``ok`` ones; the others hold a
+        position of their own sequence or ``line``); per sequence, whether it has text; the
+        sequences with zero-width tokens amid their text (for the slow path).
     """
-    text_idx = np.flatnonzero(side.e > side.s)
-    seq = side.seq[text_idx]
-    shift = seq * stride
-    s = side.s[text_idx] + shift
-    e = side.e[text_idx] + shift
-    # Running max of ends / suffix min of starts: tokens of a byte-level split character share
-    # (or overlap) spans, and no cut may fall inside any token. The shift keeps sequences apart.
-    ce = np.maximum.accumulate(e) if len(e) else e
-    smin = np.minimum.accumulate(s[::-1])[::-1] if len(s) else s
-    ok = (ce[:-1] <= smin[1:]) & (seq[1:] == seq[:-1])
-    after = np.flatnonzero(ok)
+    counts, splits, zw = side.counts, side.splits, side.zw
+    m = int(splits[-1])
+    first = splits[:-1].copy()
+    middle: list[int] = []
+    if m == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return first, empty.astype(bool), empty, counts > 0, middle
+    shift = np.repeat(np.arange(0, n * stride, stride, dtype=np.int64), counts)
+    s = side.s + shift
+    e = side.e + shift
+    has = counts > 0
+    if len(zw):
+        # Zero-width tokens leading or trailing a sequence's text get the sequence's first or
+        # last position, which no comparison with its text tokens notices.
+        seq = np.searchsorted(splits, zw, side="right") - 1
+        rank = np.arange(len(zw)) - np.searchsorted(seq, seq)  # among the sequence's zw tokens
+        n_zw = np.bincount(seq, minlength=n)
+        pos = zw - splits[seq]
+        leading = pos == rank
+        trailing = counts[seq] - 1 - pos == n_zw[seq] - 1 - rank
+        mid = ~(leading | trailing)
+        if mid.any():
+            middle = np.unique(seq[mid]).tolist()
+        first += np.bincount(seq[leading], minlength=n)
+        has = counts > n_zw
+        neutral = seq * stride + np.where(leading | mid, 0, stride - 1)
+        s[zw] = neutral
+        e[zw] = neutral
+    # Sequences are apart by the shift, so one comparison over the batch finds overlaps.
+    ok = np.empty(m, dtype=bool)
+    ok[0] = False
+    np.less_equal(e[:-1], s[1:], out=ok[1:])
+    if not ok.all():
+        # Tokens of a byte-level split character share (or overlap) spans: no cut may fall
+        # inside any token, so compare the running max of ends with the suffix min of starts
+        # (a cut then sits at the suffix min), in the sequences that need it. Positions of
+        # tokens no cut may precede go to the spare slot ``line``: they may repeat.
+        bad = np.flatnonzero(~ok)
+        seqs = np.unique(np.searchsorted(splits, bad, side="right") - 1).tolist()
+        if len(seqs) > _OVERLAP_LOOP_MAX:
+            s = np.minimum.accumulate(s[::-1])[::-1]
+            np.less_equal(np.maximum.accumulate(e)[:-1], s[1:], out=ok[1:])
+            s[~ok] = line
+        else:
+            for b in seqs:
+                lo, hi = int(splits[b]), int(splits[b + 1])
+                sm = np.minimum.accumulate(s[lo:hi][::-1])[::-1]
+                np.less_equal(np.maximum.accumulate(e[lo:hi])[:-1], sm[1:], out=ok[lo + 1 : hi])
+                s[lo:hi] = np.where(ok[lo:hi], sm, line)
+    # Cuts fall only before a text token that is not its sequence's first. (Those tokens'
+    # positions may equal a zero-width token's neutral one: both hold False.)
+    ok[first[has]] = False
+    if len(zw):
+        ok[zw] = False
     # A cut sits at the next token's start: text no token covers (an NFC normalizer maps a
     # composed "é" back to "e" only, leaving the combining mark uncovered) stays with the token
     # before it, which is the token that actually spelled it.
-    return text_idx, smin[after + 1], after
+    return first, ok, s, has, middle
 
 
-def _fix_sequence(sc, tc, oo, va, s: _Flat, t: _Flat, b: int, s_bounds, t_bounds):
-    """Slow path for one sequence with zero-width tokens on both sides: those of the same role at
-    the same chunk boundary are paired 1:1 and the chunk ids renumbered."""
-    sc, tc = sc.copy(), tc.copy()
-    s_code = s.code[s_bounds[b] : s_bounds[b + 1]]
-    t_code = t.code[t_bounds[b] : t_bounds[b + 1]]
-    s_w = s.e[s_bounds[b] : s_bounds[b + 1]] > s.s[s_bounds[b] : s_bounds[b + 1]]
-    t_w = t.e[t_bounds[b] : t_bounds[b + 1]] > t.s[t_bounds[b] : t_bounds[b + 1]]
+def _local_ids(side: _Side, first, cut, both, gap):
+    """Per-token chunk ids of one side (local to each sequence, -1 for gaps), per chunk of the
+    batch whether this side holds one token, and per sequence its number of common cuts.
+
+    ``cut`` (bool per token, a common cut falls before it) becomes the chunk-start mask.
+    """
+    m = int(side.splits[-1])
+    starts = first[both]
+    # Common cuts per sequence (``reduceat`` over the sequences that have tokens).
+    v = cut.astype(np.int64)
+    k = np.zeros(len(side.counts), dtype=np.int64)
+    nonempty = side.counts > 0
+    if m:
+        k[nonempty] = np.add.reduceat(v, side.splits[:-1][nonempty])
+    # Running count of cuts, reset to 0 at each sequence's first text token.
+    kb = k[both]
+    v[starts] = -np.concatenate(([0], kb[:-1]))
+    local = np.cumsum(v)
+    local[side.zw] = -1
+    # A chunk starts at each cut and at each sequence's first text token; it holds one token
+    # on this side when the next token starts a chunk or belongs to none.
+    cut[starts] = True
+    end = np.empty(m + 1, dtype=bool)
+    end[:m] = cut
+    end[m] = True
+    end[side.zw] = True
+    if gap is not None:
+        local[gap] = -1
+        end[:m] |= gap
+    single = end[np.flatnonzero(cut) + 1]
+    return local, single, k
+
+
+def _align_one(s_off, s_code, s_w, t_off, t_code, t_w, bad=()) -> SeqAlignment:
+    """Slow path: offset-align one sequence pair in plain Python (the definition the vectorized
+    path implements), plus the rare cases: forbidden cut positions ``bad`` and zero-width tokens
+    of the same role at the same chunk boundary on both sides, paired 1:1."""
+    bad = set(bad)
+
+    def cuts(off, w):
+        txt = np.flatnonzero(w).tolist()
+        starts = [int(off[i, 0]) for i in txt]
+        ends = [int(off[i, 1]) for i in txt]
+        smin = starts[:]
+        for k in range(len(smin) - 2, -1, -1):
+            smin[k] = min(smin[k], smin[k + 1])
+        out: dict[int, int] = {}  # cut position -> text index of the token after it
+        run = -1
+        for k in range(len(txt) - 1):
+            run = max(run, ends[k])
+            if run <= smin[k + 1]:
+                out[smin[k + 1]] = k + 1
+        return txt, out
+
+    s_txt, s_cuts = cuts(s_off, s_w)
+    t_txt, t_cuts = cuts(t_off, t_w)
+    sc = np.full(len(s_w), -1, dtype=np.int64)
+    tc = np.full(len(t_w), -1, dtype=np.int64)
+    n_chunks = 0
+    if s_txt and t_txt:
+        common = (s_cuts.keys() & t_cuts.keys()) - bad
+        n_chunks = len(common) + 1
+        for txt, side_cuts, chunk in ((s_txt, s_cuts, sc), (t_txt, t_cuts, tc)):
+            starts = {side_cuts[p] for p in common}
+            cid = 0
+            for k, i in enumerate(txt):
+                cid += k in starts
+                chunk[i] = cid
+    s_cnt = np.bincount(sc[sc >= 0], minlength=n_chunks)
+    t_cnt = np.bincount(tc[tc >= 0], minlength=n_chunks)
+    oo = (s_cnt == 1) & (t_cnt == 1)
+    va = np.ones(n_chunks, dtype=bool)
+    va[sc[(sc >= 0) & (s_code >= 0)]] = False
+    va[tc[(tc >= 0) & (t_code >= 0)]] = False
+    if not s_w.all() and not t_w.all():
+        sc, tc, oo, va = _pair_zero_width(sc, tc, oo, va, s_code, t_code, s_w, t_w)
+    return SeqAlignment(sc, tc, oo, va)
+
+
+def _pair_zero_width(sc, tc, oo, va, s_code, t_code, s_w, t_w):
+    """Zero-width tokens on both sides of one sequence: those of the same role at the same chunk
+    boundary are paired 1:1 and the chunk ids renumbered."""
     s_slots = _zero_width_slots(sc, s_w, s_code)
     t_slots = _zero_width_slots(tc, t_w, t_code)
     pairs: list[tuple[float, int, int]] = []  # (boundary key, student idx, teacher idx)
@@ -691,7 +893,7 @@ def align(
 
 
 def collate_alignments(
-    alignments: Sequence[SeqAlignment],
+    alignments: Sequence[SeqAlignment] | FlatAlignment,
     student_len: int | None = None,
     teacher_len: int | None = None,
     num_chunks: int | None = None,
@@ -699,7 +901,9 @@ def collate_alignments(
     """Right-pad per-sequence alignments into a :class:`PairAlignment` batch.
 
     Args:
-        alignments: One :class:`SeqAlignment` per sequence (token 0 = position 0).
+        alignments: One :class:`SeqAlignment` per sequence (token 0 = position 0), or a
+            :class:`FlatAlignment` (from :meth:`TokenizerPairAligner.align_batch_flat`), padded
+            without per-sequence Python work.
         student_len: Padded student length Ts (default: longest).
         teacher_len: Padded teacher length Tt (default: longest).
         num_chunks: Padded chunk count C (default: most chunks).
@@ -710,6 +914,8 @@ def collate_alignments(
     bsz = len(alignments)
     if bsz == 0:
         raise ValueError("collate_alignments got an empty list; pass at least one alignment.")
+    if isinstance(alignments, FlatAlignment):
+        return _collate_flat(alignments, student_len, teacher_len, num_chunks)
     ts = max(len(x.student_chunk) for x in alignments)
     tt = max(len(x.teacher_chunk) for x in alignments)
     c = max(x.num_chunks for x in alignments)
@@ -735,6 +941,52 @@ def collate_alignments(
         for first in (al.student_chunk[:1], al.teacher_chunk[:1]):
             if len(first) and first[0] >= 0:
                 mask[row, first[0]] = False
+    return PairAlignment(
+        student_chunk=torch.from_numpy(s_chunk),
+        teacher_chunk=torch.from_numpy(t_chunk),
+        chunk_mask=torch.from_numpy(mask),
+        one_to_one=torch.from_numpy(oo),
+    )
+
+
+def _check_lens(student_len, teacher_len, num_chunks, ts: int, tt: int, c: int):
+    for name, given, need in (
+        ("student_len", student_len, ts),
+        ("teacher_len", teacher_len, tt),
+        ("num_chunks", num_chunks, c),
+    ):
+        if given is not None and given < need:
+            raise ValueError(f"{name}={given} is shorter than the batch needs ({need}); raise it.")
+    return student_len or ts, teacher_len or tt, num_chunks or c
+
+
+def _collate_flat(fa: FlatAlignment, student_len, teacher_len, num_chunks) -> PairAlignment:
+    """:func:`collate_alignments` of a :class:`FlatAlignment`: one scatter per field."""
+    bsz = len(fa)
+    s_len, t_len, c_len = (
+        np.diff(x) for x in (fa.student_splits, fa.teacher_splits, fa.chunk_splits)
+    )
+    ts, tt, c = _check_lens(
+        student_len, teacher_len, num_chunks, int(s_len.max()), int(t_len.max()), int(c_len.max())
+    )
+    rows = np.arange(bsz)
+
+    def pad(flat, splits, lens, width, fill, dtype):
+        out = np.full((bsz, width), fill, dtype=dtype)
+        r = np.repeat(rows, lens)
+        out[r, np.arange(len(flat)) - np.repeat(splits[:-1], lens)] = flat
+        return out
+
+    s_chunk = pad(fa.student_chunk, fa.student_splits, s_len, ts, -1, np.int64)
+    t_chunk = pad(fa.teacher_chunk, fa.teacher_splits, t_len, tt, -1, np.int64)
+    mask = pad(fa.valid, fa.chunk_splits, c_len, c, False, bool)
+    oo = pad(fa.one_to_one, fa.chunk_splits, c_len, c, False, bool)
+    # No logits predict position 0, so a chunk holding it cannot be scored on that side.
+    for chunk in (s_chunk, t_chunk):
+        if chunk.shape[1]:
+            first = chunk[:, 0]
+            hit = first >= 0
+            mask[rows[hit], first[hit]] = False
     return PairAlignment(
         student_chunk=torch.from_numpy(s_chunk),
         teacher_chunk=torch.from_numpy(t_chunk),
