@@ -18,7 +18,7 @@ python3 -m benchmarks.train_step --device cuda --real --threads 8 --batch 8 --se
   --reps 10 2>&1 | grep -v "Loading\|Writing" | tee "$OUT/train_step.txt"
 
 echo "== losses (GPU)"
-timeout 180 python3 -m benchmarks.losses --device cuda --methods kd,gold,pkl,hkl 2>&1 \
+timeout 240 python3 benchmarks/losses.py --device cuda --methods kd,gold,pkl,hkl 2>&1 \
   | tee "$OUT/losses.txt"
 
 echo "== 2-teacher training run"

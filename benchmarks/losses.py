@@ -1,4 +1,4 @@
-"""Forward+backward time and peak memory of the distillation losses at paper scale (CPU).
+"""Forward+backward time and peak memory of the distillation losses at paper scale.
 
 Setup: student V_S = 128,256 (Llama-3), teacher V_T = 151,669 (Qwen3 tokenizer), B = 4, T = 256
 (1,024 positions); ``kd`` compares two 128,256-vocabulary models. Alignment: random monotone chunks
@@ -87,8 +87,12 @@ def make_inputs(T: int, b: int = B, seed: int = 0) -> dict:
     }  # fmt: skip
 
 
-def run_method(method: str, T: int, b: int = B, trl_seqs: int = B) -> float:
-    """One forward+backward of ``method``; returns seconds (logits created before timing)."""
+def run_method(method: str, T: int, b: int = B, trl_seqs: int = B, device: str = "cpu") -> float:
+    """One forward+backward of ``method``; returns seconds (logits created before timing).
+
+    On CUDA the logits are bf16 (as under autocast), time is synchronized wall clock and the
+    peak is ``torch.cuda.max_memory_allocated`` above what was allocated before the call.
+    """
     import torch
 
     import xbench.losses as L
@@ -96,12 +100,20 @@ def run_method(method: str, T: int, b: int = B, trl_seqs: int = B) -> float:
     d = make_inputs(T, b)
     g = torch.Generator().manual_seed(1)
     vt = V_S if method == "kd" else V_T
-    zs = torch.randn(b, T, V_S, generator=g).requires_grad_()
-    zt = torch.randn(b, T, vt, generator=g) * 2
+    cuda = device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    zs = torch.randn(b, T, V_S, generator=g).to(device, dtype).requires_grad_()
+    zt = (torch.randn(b, T, vt, generator=g) * 2).to(device, dtype)
+    d = {k: v.to(device) for k, v in d.items()}
     common = (zs, zt, d["sc"], d["tc"], d["mask"])
-    _reset_peak()
     global _RSS0
-    _RSS0 = _rss_kib()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        _RSS0 = torch.cuda.memory_allocated() // 1024
+    else:
+        _reset_peak()
+        _RSS0 = _rss_kib()
     t0 = time.perf_counter()
     if method == "kd":
         out = L.get("kd")(zs, zt, d["sid"], chunk_size=256)
@@ -117,6 +129,8 @@ def run_method(method: str, T: int, b: int = B, trl_seqs: int = B) -> float:
     else:
         raise ValueError(method)
     out.total.backward()
+    if cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -173,14 +187,17 @@ def run_trl(zs, zt, d, t0: float, n_seqs: int) -> float:
     return time.perf_counter() - t0
 
 
-def child(method: str, T: int, trl_seqs: int) -> None:
+def child(method: str, T: int, trl_seqs: int, device: str = "cpu") -> None:
     import torch
 
     torch.set_num_threads(1)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    run_method(method, 16, 1)  # warm-up (imports, allocator, kernels)
-    secs = run_method(method, T, trl_seqs=trl_seqs)
-    peak = _hwm_kib() - _RSS0
+    run_method(method, 16, 1, device=device)  # warm-up (imports, allocator, kernels)
+    secs = run_method(method, T, trl_seqs=trl_seqs, device=device)
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() // 1024 - _RSS0
+    else:
+        peak = _hwm_kib() - _RSS0
     print(json.dumps({"method": method, "seconds": secs, "peak_mib": peak / 1024}))
 
 
@@ -189,15 +206,17 @@ def main() -> None:
     ap.add_argument("--methods", default="kd,gold,pkl,hkl,trl")
     ap.add_argument("--positions-per-seq", type=int, default=256)
     ap.add_argument("--trl-seqs", type=int, default=B, help="TRL: time N of the B sequences")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 logits; no TRL)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        child(a.child, a.positions_per_seq, a.trl_seqs)
+        child(a.child, a.positions_per_seq, a.trl_seqs, a.device)
         return
     res = {}
     for m in a.methods.split(","):
         cmd = [sys.executable, __file__, "--child", m, "--positions-per-seq",
-               str(a.positions_per_seq), "--trl-seqs", str(a.trl_seqs)]  # fmt: skip
+               str(a.positions_per_seq), "--trl-seqs", str(a.trl_seqs),
+               "--device", a.device]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         if m == "trl" and a.trl_seqs < B:  # timed on N of B sequences; linear in B
@@ -208,7 +227,10 @@ def main() -> None:
         res[m] = r
         print(f"{m:5s} fwd+bwd {r['seconds']:8.3f} s   peak {r['peak_mib']:8.1f} MiB"
               f"  {r.get('note', '')}", flush=True)  # fmt: skip
-    print(f"threads=1, B={B}, T={a.positions_per_seq}, V_S={V_S}, V_T={V_T}, top_k={TOP_K}")
+    print(
+        f"device={a.device}, threads=1, B={B}, T={a.positions_per_seq}, V_S={V_S}, "
+        f"V_T={V_T}, top_k={TOP_K}"
+    )
 
     def ratio(x: str, y: str, key: str) -> str:
         return f"{res[x][key] / res[y][key]:.2f}" if x in res and y in res else "nan"

@@ -5,7 +5,8 @@ isolates what P-KL adds to a training step: alignment-indexed chunk distribution
 projection W^T p_S, the top-k KL, and learned-W updates. Steps alternate between the two
 sessions so machine noise hits both alike.
 
-    python -m benchmarks.train_step                       # tiny CPU student, mini vocabularies
+    python -m benchmarks.train_step                       # 4-layer hidden-256 student, mini vocab
+    python -m benchmarks.train_step --toy                 # the 0.28M-parameter smoke student
     python -m benchmarks.train_step --device cuda --real  # Llama-3 x Qwen3 vocabularies, bf16
 
 Ends with: ``RESULT pkl_vs_ce_step_ratio=...``.
@@ -70,6 +71,12 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--override", nargs="*", default=[], help="extra cell config overrides")
+    ap.add_argument(
+        "--toy",
+        action="store_true",
+        help="the 0.28M-parameter smoke student instead of the 4-layer, hidden-256 one",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     ov = [
@@ -80,7 +87,15 @@ def main(argv: list[str] | None = None) -> float:
         f"train.micro_batch_size={args.batch}",
         "train.steps=1000",
         "world.n_train=400",
+        *args.override,
     ]
+    if not args.toy and not args.real:
+        # The CPU reference student of the shared notes: 4 layers, hidden 256 (~4M parameters).
+        arch = (
+            "{hidden_size: 256, num_hidden_layers: 4, num_attention_heads: 4, "
+            "intermediate_size: 768, max_position_embeddings: 512}"
+        )
+        ov.insert(0, f"student.arch={arch}")
     if args.real:
         arch = (
             "{hidden_size: 512, num_hidden_layers: 4, num_attention_heads: 8, "
@@ -108,6 +123,8 @@ def main(argv: list[str] | None = None) -> float:
     n_tok = int(sessions["pkl"][1][0]["attention_mask"].sum())
     v_s = sess.student.get_output_embeddings().weight.shape[0]
     v_t = sess.objective.teachers[0].projection.meta["V_T"]
+    n_params = sum(p.numel() for p in sess.student.parameters())
+    print(f"student params={n_params / 1e6:.2f}M")
     print(
         f"device={args.device} threads={args.threads} batch={args.batch}x{args.seq_len} "
         f"tokens={n_tok} V_S={v_s} V_T={v_t} reps={args.reps} (median, teacher forward excluded)"

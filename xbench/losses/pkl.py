@@ -60,6 +60,10 @@ class LearnableProjection(nn.Module):
                  "clip_grad": False}]  # fmt: skip
 
 
+# Up to this many W entries (V_S x V_T) the projection uses a dense matmul (16M floats = 64 MB).
+DENSE_LIMIT = 1 << 24
+
+
 def project(
     p_s: Tensor, w_indices: Tensor, w_weights: Tensor, columns: Tensor | None, v_t: int
 ) -> Tensor:
@@ -70,6 +74,10 @@ def project(
     |columns| * nnz / V_T); without, K passes of an (V_S, n) ``index_add`` fill all V_T columns.
     Works in (V, n) layout because row-wise ``index_add`` is contiguous on CPU.
 
+    Small vocabularies (V_S * V_T <= ``DENSE_LIMIT``, the miniature world) take a dense path
+    instead: W is scattered into a (V_S, V_T) matrix (differentiable in ``w_weights``) and
+    q = p_S @ W is one matmul. Same values; at real sizes (128k x 152k) W is never dense.
+
     Args:
         p_s: (n, V_S) student chunk probabilities.
         w_indices: (V_S, K) long; w_weights: (V_S, K) float (may require grad).
@@ -79,6 +87,13 @@ def project(
     Returns:
         (n, k) or (n, V_T) projected mass.
     """
+    if w_indices.shape[0] * v_t <= DENSE_LIMIT:
+        dense = w_weights.new_zeros(w_indices.shape[0], v_t).scatter_add(
+            1, w_indices, w_weights.to(p_s.dtype)
+        )  # (V_S, V_T), duplicates summed like index_add
+        if columns is not None:
+            dense = dense[:, columns]  # (V_S, k)
+        return p_s @ dense
     ps_t = p_s.t()  # (V_S, n)
     if columns is None:
         q_t = p_s.new_zeros(v_t, p_s.shape[0])  # (V_T, n)
