@@ -96,3 +96,29 @@ def test_slurm_two_task_cell_trains_on_two_gloo_ranks(
     assert meta["status"] == "done", meta.get("error")
     assert meta["train"]["world_size"] == 2
     assert meta["attempts"] == 1  # rank 1 never wrote the run directory
+
+
+def test_sbatch_template_trains_a_cell_on_two_ranks(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """The plain sbatch path (no Hydra launcher): srun starts 2 ranks of `xbench.train`."""
+    import os
+    import sys
+
+    template = Path(__file__).resolve().parents[1] / "slurm" / "sbatch_template.sh"
+    cmd = ["sbatch", "--parsable", f"--partition={slurm_cluster.partition}",
+           "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=3G", "--time=10",
+           f"--output={tmp_path}/slurm-%j.out", str(template), "+experiment=mini_smoke",
+           "cell=pkl-A", "train.device=cpu", "train.global_batch_size=8",
+           "train.micro_batch_size=4"]  # fmt: skip
+    env = os.environ | {"PYTHON": sys.executable}
+    job_id = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            check=True).stdout.strip()  # fmt: skip
+    state = slurm_cluster.wait_job_id(job_id, timeout_s=400)
+    log = tmp_path / f"slurm-{job_id}.out"
+    assert state == "COMPLETED", log.read_text() if log.exists() else state
+    run = tmp_path / "runs" / f"slurm-{job_id}"
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["world_size"] == 2
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

@@ -160,7 +160,11 @@ def main(cfg: DictConfig) -> None:
     if summary["dist"].is_main:
         write_json(
             run_dir / "train_summary.json",
-            {k: v for k, v in summary.items() if k in ("steps", "final_loss", "seconds")},
+            {
+                k: v
+                for k, v in summary.items()
+                if k in ("steps", "final_loss", "seconds", "world_size", "resumed_from")
+            },
         )
     distributed.cleanup()
 
