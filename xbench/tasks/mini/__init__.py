@@ -1,0 +1,1 @@
+"""Offline miniature tasks over the synthetic arithmetic corpus (:mod:`xbench.mini.corpus`)."""
