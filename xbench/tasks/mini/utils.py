@@ -78,3 +78,17 @@ def load_arith_mc(**metadata: Any) -> datasets.DatasetDict:
             for s in ("train", "test")
         }
     )
+
+
+def process_answer(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, float]:
+    """Scores of one ``mini_answer`` doc from its (log-likelihood, is_greedy) result.
+
+    ``answer_prob``: the model's probability of the whole final answer given the worked solution,
+    in percent -- continuous, so it separates methods long before greedy accuracy moves (a tiny
+    student's multi-digit numeral tokens are exactly what GOLD suppresses). ``acc``: every answer
+    token is the argmax (lm-eval's is_greedy).
+    """
+    import math
+
+    ll, greedy = results[0]
+    return {"answer_prob": 100.0 * math.exp(ll), "acc": float(greedy)}
