@@ -72,3 +72,11 @@ def test_method_labels() -> None:
         for cell in ("base", "ce", "kd-C", "kd-C+pkl-A")
     }
     assert labels == {"base": "base", "ce": "ce", "kd-C": "kd", "kd-C+pkl-A": "kd+pkl"}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_with_the_debug_profile(experiment: str) -> None:
+    cfg = _compose(f"+experiment={experiment}", "+debug=ci")
+    assert cfg.train.steps == 3 and cfg.eval.limit == 4
+    first = str(OmegaConf.to_container(cfg.hydra.sweeper.params)["cell"]).split(",")[0]
+    resolve_cell(_compose(f"+experiment={experiment}", "+debug=ci", f"cell={first}"))
