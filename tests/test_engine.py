@@ -175,3 +175,10 @@ def test_clear_errors(tmp_path: Path) -> None:
     ):
         check_vocab(small, tok, "teachers[0]")
     assert not (tmp_path / "empty" / "checkpoints").exists()
+
+
+def test_xtoken_blend_trains_and_logs_both_terms(tmp_path: Path) -> None:
+    run = _train(tmp_path, "xt", "cell=xtoken-A", "kd.alpha=0.25")
+    last = read_jsonl(run / "metrics.jsonl")[-1]
+    assert any(k.startswith("train/kd/t0/pkl/") for k in last)
+    assert any(k.startswith("train/kd/t0/hkl/") for k in last)

@@ -167,8 +167,8 @@ class Objective(nn.Module):
             assert t.pairs is not None
             return get_loss("xtoken")(
                 *args,
-                *self._w(i, t),
                 *t.pairs,
+                *self._w(i, t),
                 alpha=float(kd["alpha"]),
                 top_k=int(kd["topk"]),
                 beta=beta,

@@ -87,9 +87,10 @@ def project(
     Returns:
         (n, k) or (n, V_T) projected mass.
     """
+    w_weights = w_weights.to(p_s.dtype)  # the projection runs in the probabilities' dtype
     if w_indices.shape[0] * v_t <= DENSE_LIMIT:
-        dense = w_weights.new_zeros(w_indices.shape[0], v_t).scatter_add(
-            1, w_indices, w_weights.to(p_s.dtype)
+        dense = p_s.new_zeros(w_indices.shape[0], v_t).scatter_add(
+            1, w_indices, w_weights
         )  # (V_S, V_T), duplicates summed like index_add
         if columns is not None:
             dense = dense[:, columns]  # (V_S, k)
