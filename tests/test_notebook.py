@@ -94,3 +94,21 @@ def test_read_tidy_rejects_other_tables(tmp_path: Path, name: str) -> None:
     (tmp_path / name).write_text("a,b\n1,2\n")
     with pytest.raises(report.ReportError, match="not a tidy table"):
         report.read_tidy(tmp_path / name)
+
+
+def test_notebook_on_the_committed_mini_sweeps(tmp_path: Path) -> None:
+    """The real tidy table of mini_alpha_sweep + mini_rank_sweep (results/mini_study/alpha_rank):
+    pure P-KL cells carry no alpha (NaN), which a synthetic sweep never exercised."""
+    tidy_csv = REPO / "results" / "mini_study" / "alpha_rank" / "tidy.csv"
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    _inject(nb, tidy_csv=str(tidy_csv), out_dir=str(tmp_path), task="mini_answer")
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+    ).execute()
+    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    text = "\n".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+    )
+    assert "Teacher mini-A (xtoken, rank 4): best alpha = 0 with mini_answer 15.64" in text
+    assert "Teacher mini-A: mini_answer rises by 0.31 points from K=1 to K=8." in text
+    assert (tmp_path / "metric_vs_alpha.png").is_file()
