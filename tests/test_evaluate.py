@@ -118,7 +118,9 @@ def test_mini_suite_end_to_end(tiny, tmp_path, monkeypatch) -> None:
     assert settings["filters"]["mini_arith"] == ["strict-match", "flexible-extract"]
     assert settings["n_shot"] == {"mini_arith": 3, "mini_arith_mc": 3, "mini_answer": 0}
     answer = result["tasks"]["mini_answer"]
-    assert (answer["metric"], answer["filter"]) == ("answer_prob", "none") and answer["n_samples"] == 6
+    assert (answer["metric"], answer["filter"]) == ("answer_prob", "none") and answer[
+        "n_samples"
+    ] == 6
     assert settings["limit"] == 6 and settings["apply_chat_template"] is False
     assert settings["bos"]["add_bos_token"] is None and "effective" in settings["bos"]
     assert settings["model"]["tokenizer_len"] == len(tok)

@@ -71,9 +71,9 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
     try:
         from xbench.evaluate import evaluate
         from xbench.models import load_model, load_tokenizer
-        from xbench.train import _configure_world, train
+        from xbench.train import configure_world, train
 
-        _configure_world(resolved)
+        configure_world(resolved)
         ev = _prepare_eval(resolved)
         if resolved.train.enabled:
             summary = train(resolved, run_dir)
@@ -140,9 +140,9 @@ class SweepCallback(Callback):
             return
         if config.data.source == "mini":
             from xbench.mini import world
-            from xbench.train import _configure_world
+            from xbench.train import configure_world
 
-            _configure_world(config)
+            configure_world(config)
             specs = [config.student, *config.zoo.values()]
             roles = [
                 str(m.model).split(":", 1)[1] for m in specs if str(m.model).startswith("mini:")

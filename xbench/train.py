@@ -29,7 +29,7 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN/inf; a diagnostic dump was written next to the checkpoints."""
 
 
-def _configure_world(cfg: DictConfig) -> None:
+def configure_world(cfg: DictConfig) -> None:
     if cfg.get("world") is not None:
         from xbench.mini import world
 
@@ -49,7 +49,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _configure_world(cfg)
+    configure_world(cfg)
     sess = build_session(cfg)
     ckpt_dir = run_dir / "checkpoints"
     state = checkpoint.load_latest(ckpt_dir)
