@@ -182,3 +182,14 @@ def test_xtoken_blend_trains_and_logs_both_terms(tmp_path: Path) -> None:
     last = read_jsonl(run / "metrics.jsonl")[-1]
     assert any(k.startswith("train/kd/t0/pkl/") for k in last)
     assert any(k.startswith("train/kd/t0/hkl/") for k in last)
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path: Path) -> None:
+    from xbench.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
