@@ -79,6 +79,14 @@ class Session:
     num_ids: torch.Tensor
     steps: int
     start: int = 0
+    # Learned W values: their own AdamW (paper: lr 1e-2, no weight decay, never clipped, no
+    # schedule). A separate optimizer keeps the student's state dict pure model parameters,
+    # which FSDP's full-state-dict gathering needs.
+    opt_w: torch.optim.Optimizer | None = None
+
+    @property
+    def fsdp(self) -> bool:
+        return self.info.world_size > 1 and str(self.cfg.train.parallel) == "fsdp"
 
     @property
     def accum(self) -> int:
@@ -149,22 +157,54 @@ class Session:
             self.student.parameters(), float(self.cfg.optim.grad_clip)
         )
         self.opt.step()
+        if self.opt_w is not None:
+            self.opt_w.step()
+            self.opt_w.zero_grad(set_to_none=True)
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         return norm
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs. Under FSDP this is a collective: every rank must call it;
+        rank 0 receives the full (unsharded, CPU) model and optimizer state, the others empty."""
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model = get_model_state_dict(self.student, options=opts)
+            optim = get_optimizer_state_dict(self.student, self.opt, options=opts)
+        else:
+            model, optim = self.student.state_dict(), self.opt.state_dict()
         return {
-            "model": self.student.state_dict(),
+            "model": model,
+            "optimizer": optim,
+            "w_optimizer": None if self.opt_w is None else self.opt_w.state_dict(),
             "objective": self.objective.state_dict(),
-            "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.student.load_state_dict(state["model"])
+        """Restore a checkpoint written by :meth:`state_dict` (every rank loads the full file)."""
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.student, state["model"], options=opts)
+            set_optimizer_state_dict(self.student, self.opt, state["optimizer"], options=opts)
+        else:
+            self.student.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+        if self.opt_w is not None and state.get("w_optimizer") is not None:
+            self.opt_w.load_state_dict(state["w_optimizer"])
         self.objective.load_state_dict(state["objective"])
-        self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         self.start = int(state["step"])
@@ -199,20 +239,21 @@ def build_session(cfg: DictConfig) -> Session:
     )
 
     steps = int(tc.steps)
-    groups: list[dict[str, Any]] = [
-        {
-            "params": [p for p in student.parameters() if p.requires_grad],
-            "lr": oc.lr,
-            "weight_decay": oc.weight_decay,
-        }
-    ]
-    w_params = objective.w_parameters()
-    if w_params:  # learned W: own group, own lr, no weight decay, never clipped (paper)
-        groups.append({"params": w_params, "lr": oc.w_lr, "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps)
-    lam = lr_lambda(int(oc.warmup_steps), steps, float(oc.min_lr_ratio))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, [lam] + [lambda _: 1.0] * (len(groups) - 1))
     model = distributed.wrap_student(student, info, str(tc.parallel))
+    # FSDP2 shards the student's parameters in place, so the optimizer is built after wrapping.
+    opt = torch.optim.AdamW(
+        [p for p in student.parameters() if p.requires_grad],
+        lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay,
+    )  # fmt: skip
+    w_params = objective.w_parameters()
+    opt_w = (
+        torch.optim.AdamW(w_params, lr=oc.w_lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=0.0)
+        if w_params
+        else None
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(int(oc.warmup_steps), steps, float(oc.min_lr_ratio))
+    )
     return Session(
         cfg,
         info,
@@ -226,4 +267,5 @@ def build_session(cfg: DictConfig) -> Session:
         sched,
         numeral_ids(canonical_vocab(s_tok)),
         steps,
+        opt_w=opt_w,
     )

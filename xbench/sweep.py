@@ -78,6 +78,13 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
         if resolved.train.enabled:
             summary = train(resolved, run_dir)
             model, tok, is_main = summary["student"], summary["tokenizer"], summary["dist"].is_main
+            if is_main and summary["world_size"] > 1 and resolved.train.parallel == "fsdp":
+                # The trained student is sharded across ranks; rank 0 evaluates an unsharded copy
+                # built from the final checkpoint (which holds the full, gathered state).
+                from xbench.checkpoint import load_latest
+
+                model = load_model(resolved.student, tok, field="student", seed=int(resolved.seed))
+                model.load_state_dict(load_latest(rd.ckpt_dir)["model"])
         else:
             tok = load_tokenizer(resolved.student.tokenizer)
             model = load_model(resolved.student, tok, field="student", seed=int(resolved.seed))

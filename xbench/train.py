@@ -108,8 +108,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         logger.advance()
         done = step + 1 == steps
         if done or (step + 1) % int(tc.ckpt_every) == 0 or stop["flag"]:
+            # Every rank gathers (a collective under FSDP); rank 0 writes.
+            state = {"step": step + 1, **sess.state_dict(), "rng": checkpoint.rng_state()}
             if sess.info.is_main:
-                state = {"step": step + 1, **sess.state_dict(), "rng": checkpoint.rng_state()}
                 checkpoint.save(ckpt_dir, step + 1, state, keep=int(tc.keep_checkpoints))
             distributed.barrier()
         if stop["flag"] and not done:

@@ -30,8 +30,9 @@ class XbenchSweeperConf:
     params: Optional[dict[str, str]] = field(default=None)  # noqa: UP045
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="xbench", node=XbenchSweeperConf,
-                             provider="xbench")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="xbench", node=XbenchSweeperConf, provider="xbench"
+)
 
 
 class XbenchSweeper(BasicSweeper):
@@ -44,8 +45,11 @@ class XbenchSweeper(BasicSweeper):
         jobs = [job for batch in batches for job in batch]
         todo = [job for job in jobs if not self._done(job)]
         if len(todo) < len(jobs):
-            log.info("%d of %d cells are done already and are not launched", len(jobs) - len(todo),
-                     len(jobs))
+            log.info(
+                "%d of %d cells are done already and are not launched",
+                len(jobs) - len(todo),
+                len(jobs),
+            )
         size = max_batch_size or len(todo) or 1
         return [todo[i : i + size] for i in range(0, len(todo), size)]
 

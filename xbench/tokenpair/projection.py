@@ -35,16 +35,22 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
+
+from xbench.tokenpair.projection_io import (
+    FORMAT,
+    _content_hash,
+    load_projection,
+    save_projection,
+    tokenizer_fingerprint,
+)
+from xbench.tokenpair.projection_pairs import exact_common_pairs, relaxed_common_pairs, to_sparse
+from xbench.tokenpair.projection_retok import _retokenize, _side, _top_k, _triples
 
 __all__ = [
     "Projection",
@@ -56,10 +62,6 @@ __all__ = [
     "to_sparse",
     "tokenizer_fingerprint",
 ]
-
-FORMAT = "xbench.projection/1"
-_TENSORS = "projection.safetensors"
-_META = "meta.json"
 
 
 @dataclass(frozen=True)
@@ -180,25 +182,7 @@ class Projection:
         The directory is assembled under a temporary name and renamed into place, so readers
         see either nothing, the old artifact, or the complete new one.
         """
-        dest = Path(path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        meta = {**self.meta, "content_hash": self.content_hash}
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-        try:
-            tensors = {"indices": self.indices.numpy(), "weights": self.weights.numpy()}
-            save_file(tensors, str(tmp / _TENSORS), metadata={"content_hash": meta["content_hash"]})
-            (tmp / _META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", "utf-8")
-            if dest.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
-                os.replace(dest, old / "x")
-                os.replace(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, dest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return dest
+        return save_projection(self, path)
 
     @classmethod
     def load(
@@ -223,171 +207,14 @@ class Projection:
             FileNotFoundError: The artifact is missing.
             ValueError: The artifact is corrupt, or a tokenizer / head size does not fit.
         """
-        src = Path(path)
-        if not (src / _TENSORS).is_file() or not (src / _META).is_file():
-            raise FileNotFoundError(
-                f"No projection artifact at {src} (expected {_TENSORS} and {_META}); build it "
-                "with xbench.tokenpair.projection.load_or_build or fix the path."
-            )
-        meta = json.loads((src / _META).read_text("utf-8"))
-        arrays = load_file(str(src / _TENSORS))
-        proj = cls(torch.from_numpy(arrays["indices"]), torch.from_numpy(arrays["weights"]), meta)
-        if meta.get("format") != FORMAT or proj.content_hash != meta.get("content_hash"):
-            raise ValueError(
-                f"Projection artifact {src} fails its content-hash check (format "
-                f"{meta.get('format')!r}); delete the directory and rebuild W."
-            )
-        for side, tok in (("student", student_tok), ("teacher", teacher_tok)):
-            if tok is not None and tokenizer_fingerprint(tok) != meta[side]["fingerprint"]:
-                raise ValueError(
-                    f"meta.{side}.fingerprint of {src} does not match the given {side} "
-                    f"tokenizer (vocab, merges or specials differ): rebuild W for this tokenizer "
-                    f"pair (delete the cached artifact) or pass the {side} tokenizer W was built "
-                    "from."
-                )
-        if student_head_size is not None or teacher_head_size is not None:
-            proj = proj.resized(
-                meta["V_S"] if student_head_size is None else student_head_size,
-                meta["V_T"] if teacher_head_size is None else teacher_head_size,
-            )
-        return proj
-
-
-# --------------------------------------------------------------------------- tokenizer facts
-
-
-def _tokenizer_json(tok: Any) -> dict[str, Any]:
-    """Parsed ``tokenizer.json`` of a fast tokenizer's backend."""
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is None:
-        raise ValueError(
-            f"Tokenizer {type(tok).__name__} has no backend_tokenizer: load a fast "
-            "(tokenizers-backed) tokenizer, e.g. via xbench.assets.load_tokenizer."
+        return load_projection(
+            cls,
+            path,
+            student_tok=student_tok,
+            teacher_tok=teacher_tok,
+            student_head_size=student_head_size,
+            teacher_head_size=teacher_head_size,
         )
-    return json.loads(backend.to_str())
-
-
-# id(tokenizer) -> (tokenizer, size, fingerprint); the object is kept so its id is not reused.
-_FINGERPRINTS: dict[int, tuple[Any, int, str]] = {}
-
-
-def tokenizer_fingerprint(tok: Any) -> str:
-    """Hash of what determines W on one side: vocabulary, merges and added/special tokens.
-
-    Runtime state (truncation, padding) and the file layout are excluded, so the same tokenizer
-    saved and reloaded keeps its fingerprint. Cached per tokenizer object (and size, so adding
-    tokens invalidates it): hashing a 150k vocabulary costs seconds.
-    """
-    hit = _FINGERPRINTS.get(id(tok))
-    if hit is not None and hit[0] is tok and hit[1] == len(tok):
-        return hit[2]
-    spec = _tokenizer_json(tok)
-    model = spec.get("model") or {}
-    vocab = model.get("vocab")
-    if isinstance(vocab, dict):  # BPE/WordPiece: order by id, independent of JSON key order
-        vocab = sorted(vocab.items(), key=lambda kv: kv[1])
-    merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model.get("merges", [])]
-    added = sorted(
-        (a["id"], a["content"], bool(a.get("special"))) for a in spec.get("added_tokens", [])
-    )
-    blob = json.dumps(
-        {"type": model.get("type"), "vocab": vocab, "merges": merges, "added": added},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    digest = hashlib.sha256(blob.encode("utf-8")).hexdigest()
-    _FINGERPRINTS[id(tok)] = (tok, len(tok), digest)
-    return digest
-
-
-@dataclass
-class _Side:
-    """What the builder needs to know about one tokenizer (from ``canon.token_table``)."""
-
-    tok: Any
-    canon: list[str]
-    special: np.ndarray  # (V,) bool: special tokens are mapped by role, never re-tokenized
-    raw: list[bytes | None]  # true bytes of each non-special token
-    kind: str  # "byte_level", "sentencepiece" or "plain"
-
-    @property
-    def size(self) -> int:
-        return len(self.canon)
-
-
-def _side(tok: Any) -> _Side:
-    from xbench.tokenpair.canon import token_table
-
-    if not hasattr(tok, "backend_tokenizer"):
-        raise ValueError(
-            f"Tokenizer {type(tok).__name__} has no backend_tokenizer: load a fast "
-            "(tokenizers-backed) tokenizer, e.g. via xbench.assets.load_tokenizer."
-        )
-    table = token_table(tok)
-    special = np.asarray(table.special, dtype=bool)
-    return _Side(tok, table.canonical, special, table.raw_bytes, table.kind)
-
-
-def _encoder(side: _Side) -> Any:
-    """The backend tokenizer without truncation/padding (both would corrupt re-tokenization)."""
-    backend = side.tok.backend_tokenizer
-    if backend.truncation is None and backend.padding is None:
-        return backend
-    from tokenizers import Tokenizer
-
-    clean = Tokenizer.from_str(backend.to_str())
-    clean.no_truncation()
-    clean.no_padding()
-    return clean
-
-
-def _retokenize(src: _Side, dst: _Side, skip: np.ndarray) -> list[list[int]]:
-    """Re-tokenize every source token not in ``skip`` with the destination tokenizer.
-
-    Returns one list of destination ids per source id (empty for skipped/special/empty tokens).
-    """
-    out: list[list[int]] = [[] for _ in range(src.size)]
-    text_ids: list[int] = []
-    texts: list[str] = []
-    byte_ids: list[int] = []
-    for i in range(src.size):
-        if skip[i] or src.special[i] or not src.canon[i]:
-            continue
-        raw = src.raw[i]
-        if raw is not None:
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                byte_ids.append(i)
-                continue
-        text_ids.append(i)
-        texts.append(src.canon[i])
-    # One batched call into the Rust tokenizer: the whole vocabulary in a few seconds.
-    encodings = _encoder(dst).encode_batch_fast(texts, add_special_tokens=False)
-    for i, enc in zip(text_ids, encodings, strict=True):
-        out[i] = [t for t in enc.ids if not dst.special[t]]
-    for i in byte_ids:
-        out[i] = _bytes_pieces(src.raw[i], dst)
-    return out
-
-
-def _bytes_pieces(data: bytes, dst: _Side) -> list[int]:
-    """Destination pieces for a UTF-8 fragment (bytes with no text of their own).
-
-    Byte-level BPE runs its merges on the fragment's byte string; SentencePiece uses its
-    ``<0xHH>`` byte-fallback tokens; other vocabularies get no pieces (an empty row).
-    """
-    from xbench.tokenpair.canon import bytes_to_unicode
-
-    if dst.kind == "byte_level":
-        table = bytes_to_unicode()
-        model = dst.tok.backend_tokenizer.model
-        return [t.id for t in model.tokenize("".join(table[b] for b in data))]
-    if dst.kind == "sentencepiece":
-        vocab = dst.tok.get_vocab()
-        ids = [vocab.get(f"<0x{b:02X}>") for b in data]
-        return [] if None in ids else ids
-    return []
 
 
 # --------------------------------------------------------------------------- builder
@@ -475,43 +302,6 @@ def build_projection(
     return proj
 
 
-def _triples(pieces: list[list[int]], piece_w: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Flatten per-source piece lists into (source, piece, weight) arrays, capped at max_pieces."""
-    cap = len(piece_w)
-    lengths = np.fromiter((min(len(p), cap) for p in pieces), dtype=np.int64, count=len(pieces))
-    flat = np.fromiter(
-        (t for p in pieces for t in p[:cap]), dtype=np.int64, count=int(lengths.sum())
-    )
-    src = np.repeat(np.arange(len(pieces), dtype=np.int64), lengths)
-    # Position of each piece inside its source token: 0, 1, .. restarting at every source.
-    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    pos = np.arange(len(flat), dtype=np.int64) - starts
-    return src, flat, piece_w[pos]
-
-
-def _top_k(
-    rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, n_cols: int, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sum duplicate (row, col) entries, keep the K largest per row, renormalize rows to 1."""
-    key = rows * np.int64(n_cols) + cols
-    uniq, inverse = np.unique(key, return_inverse=True)
-    summed = np.bincount(inverse, weights=vals, minlength=len(uniq))
-    r, c = uniq // n_cols, uniq % n_cols
-    order = np.lexsort((c, -summed, r))  # by row, then weight descending, then teacher id
-    r, c, w = r[order], c[order], summed[order]
-    first = np.searchsorted(r, r, side="left")
-    rank = np.arange(len(r)) - first
-    keep = rank < k
-    r, c, w, rank = r[keep], c[keep], w[keep], rank[keep]
-    indices = np.zeros((n_rows, k), dtype=np.int64)
-    weights = np.zeros((n_rows, k), dtype=np.float64)
-    indices[r, rank] = c
-    weights[r, rank] = w
-    total = weights.sum(axis=1, keepdims=True)
-    np.divide(weights, total, out=weights, where=total > 0)
-    return indices, weights.astype(np.float32)
-
-
 def _xbench_version() -> str:
     # The editable install can expose ``xbench`` as a namespace package (no __version__) when
     # run from outside the repo, so fall back to the installed distribution's metadata.
@@ -521,17 +311,6 @@ def _xbench_version() -> str:
 
     version = getattr(xbench, "__version__", None)
     return version or importlib.metadata.version("xbench")
-
-
-def _content_hash(indices: np.ndarray, weights: np.ndarray, meta: dict[str, Any]) -> str:
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(indices, dtype="<i8").tobytes())
-    h.update(np.ascontiguousarray(weights, dtype="<f4").tobytes())
-    defining = {
-        key: meta.get(key) for key in ("format", "V_S", "V_T", "K", "rules", "student", "teacher")
-    }
-    h.update(json.dumps(defining, sort_keys=True, separators=(",", ":")).encode("utf-8"))
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- cache
@@ -579,110 +358,3 @@ def load_or_build(
         proj.meta["V_S"] if student_head_size is None else student_head_size,
         proj.meta["V_T"] if teacher_head_size is None else teacher_head_size,
     )
-
-
-# --------------------------------------------------------------------------- helpers for losses
-
-
-def to_sparse(
-    proj: Projection, V_T: int | None = None, weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """W as a sparse CSR tensor ``(V_S, V_T)``; padding slots are dropped.
-
-    Args:
-        proj: The projection.
-        V_T: Number of columns (teacher head size); default ``proj.meta["V_T"]``.
-        weights: Optional ``(V_S, K)`` values to use instead of ``proj.weights`` (e.g. a learnable
-            parameter; gradients flow through it). The pattern is always ``proj.slot_mask``.
-    """
-    n_cols = int(proj.meta["V_T"] if V_T is None else V_T)
-    if proj.indices.numel() and int(proj.indices.max()) >= n_cols:
-        raise ValueError(
-            f"V_T={n_cols} is smaller than the largest teacher id in W "
-            f"({int(proj.indices.max())}); pass the teacher's head size."
-        )
-    values = proj.weights if weights is None else weights
-    if values.shape != proj.weights.shape:
-        raise ValueError(
-            f"weights has shape {tuple(values.shape)}; it must be {tuple(proj.weights.shape)}."
-        )
-    mask = proj.slot_mask
-    # CSR wants column ids ascending within a row; slots are stored by weight, so reorder.
-    order = torch.argsort(torch.where(mask, proj.indices, n_cols), dim=1, stable=True)
-    mask = mask.gather(1, order)
-    cols = proj.indices.gather(1, order)[mask]
-    vals = values.gather(1, order)[mask]
-    crow = torch.zeros(mask.shape[0] + 1, dtype=torch.int64)
-    crow[1:] = torch.cumsum(mask.sum(dim=1), dim=0)
-    with warnings.catch_warnings():  # torch's "CSR support is in beta" notice, once per process
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        # Valid by construction (crow from counts, cols sorted per row): skip the O(nnz) check.
-        return torch.sparse_csr_tensor(
-            crow, cols, vals, size=(mask.shape[0], n_cols), check_invariants=False
-        )
-
-
-def relaxed_common_pairs(
-    proj: Projection, threshold: float = 0.6
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """H-KL's relaxed common set: student rows whose largest W weight is >= ``threshold``.
-
-    Each such row is paired with the teacher token holding that weight. When several rows pick
-    the same teacher token, the highest weight wins, then the lowest student id, so the pairs are
-    1-to-1.
-
-    Returns:
-        ``(student_ids, teacher_ids)``, int64, sorted by student id.
-    """
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold={threshold!r}: set it in (0, 1].")
-    top_w, slot = proj.weights.max(dim=1)
-    top_t = proj.indices.gather(1, slot[:, None]).squeeze(1)
-    student = torch.nonzero(top_w >= threshold).squeeze(1)
-    w, teacher = top_w[student].numpy(), top_t[student].numpy()
-    order = np.lexsort((student.numpy(), -w.astype(np.float64), teacher))
-    teacher_sorted = teacher[order]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = teacher_sorted[1:] != teacher_sorted[:-1]
-    winners = np.sort(order[first])
-    return student[torch.from_numpy(winners)], torch.from_numpy(teacher[winners]).long()
-
-
-def exact_common_pairs(
-    student_tok: Any,
-    teacher_tok: Any,
-    semantics: Literal["canonical", "trl"] = "canonical",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """GOLD's 1-to-1 common vocabulary.
-
-    Args:
-        student_tok: Student tokenizer.
-        teacher_tok: Teacher tokenizer.
-        semantics: ``"trl"`` = raw ``get_vocab()`` string equality as TRL's GOLD does (so Llama's
-            ``Ġthe`` and a SentencePiece ``▁the`` never match); ``"canonical"`` = equality of
-            ``canonical_vocab`` strings (space/newline markers unified, specials by role). A
-            canonical string shared by several ids on one side pairs its lowest id.
-
-    Returns:
-        ``(student_ids, teacher_ids)``, int64, sorted by student id.
-    """
-    if semantics == "trl":
-        sv, tv = student_tok.get_vocab(), teacher_tok.get_vocab()
-        pairs = sorted((i, tv[tok]) for tok, i in sv.items() if tok in tv)
-    elif semantics == "canonical":
-        from xbench.tokenpair.canon import canonical_vocab
-
-        teacher: dict[str, int] = {}
-        for j, c in enumerate(canonical_vocab(teacher_tok)):
-            if c:
-                teacher.setdefault(c, j)
-        seen: set[str] = set()
-        pairs = []
-        for i, c in enumerate(canonical_vocab(student_tok)):
-            if c and c in teacher and c not in seen:
-                seen.add(c)
-                pairs.append((i, teacher[c]))
-    else:
-        raise ValueError(f"semantics={semantics!r}: use 'canonical' or 'trl'.")
-    arr = torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2)
-    return arr[:, 0].contiguous(), arr[:, 1].contiguous()

@@ -1,0 +1,62 @@
+"""Shared names of the report: column lists, orders, aliases, the error type and small helpers.
+
+Split out of ``xbench.report``; that module re-exports everything here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TIDY_COLUMNS = [
+    "run",
+    "experiment",
+    "student",
+    "teachers",
+    "method",
+    "alpha",
+    "rank",
+    "seed",
+    "task",
+    "metric",
+    "value",
+    "stderr",
+    "status",
+]
+# alpha and rank ride along so that curves of different sweep points are never averaged together.
+CURVE_COLUMNS = ["run", "method", "teachers", "alpha", "rank", "seed", "step", "key", "value"]
+KEY_COLUMNS = ["experiment", "student", "teachers", "method", "alpha", "rank"]
+STATUSES = ("pending", "running", "done", "failed")
+AVG = "avg"
+DELTA = "delta_vs_gold"
+NO_TEACHER = "none"
+# Column order of the paper's Table 1; other tasks follow alphabetically.
+BENCHMARK_ORDER = ("mmlu", "gsm8k", "math", "winogrande", "hellaswag")
+METHOD_ORDER = ("base", "ce", "kd", "uld", "gold", "pkl", "hkl", "xtoken")
+PAPER_EXPERIMENT = "llama1b_vs_gold"
+REFERENCE_CSV = Path(__file__).resolve().parents[2] / "results" / "reference" / "xtoken_table1.csv"
+REFERENCE_STUDENT = "llama-3.2-1b"
+# lm-eval task names that stand for a paper column.
+TASK_ALIASES = {"minerva_math": "math", "hendrycks_math": "math", "mmlu_flan": "mmlu"}
+# Config or Hub spellings of the paper's teachers -> the reference CSV's spelling.
+MODEL_ALIASES = {
+    "phi-4-mini": "phi-4-mini-instruct",
+    "phi4-mini": "phi-4-mini-instruct",
+    "phi4-mini-instruct": "phi-4-mini-instruct",
+    "qwen3-4b-base": "qwen3-4b",
+    "llama3.2-3b": "llama-3.2-3b",
+    "llama-3.2-3b-instruct": "llama-3.2-3b",
+    "llama3-2-3b": "llama-3.2-3b",
+}
+
+
+class ReportError(ValueError):
+    """A bad input to the report, described in one sentence."""
+
+
+def _fmt_axis(v: Any) -> str:
+    if pd.isna(v):
+        return "–"
+    return f"{int(v)}" if float(v).is_integer() else f"{v:g}"
