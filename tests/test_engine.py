@@ -43,7 +43,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+@pytest.mark.parametrize(
+    "parallel", ["ddp", "fsdp", "fsdp-teachers"], ids=["ddp", "fsdp", "fsdp+sharded-teacher"]
+)
 def test_two_gloo_ranks_equal_one_rank_with_double_batch(tmp_path: Path, parallel: str) -> None:
     # Under FSDP the checkpoint must hold the full, gathered student (compared key by key).
     common = [
@@ -69,6 +71,8 @@ def test_two_gloo_ranks_equal_one_rank_with_double_batch(tmp_path: Path, paralle
             "xbench.train",
             *common,
             "train.micro_batch_size=4",
+            f"train.parallel={parallel.split('-')[0]}",
+            f"train.teacher_parallel={'fsdp' if parallel.endswith('teachers') else 'replicate'}",
             f"run_dir={tmp_path / 'two'}",
         ],
         cwd=tmp_path,

@@ -98,10 +98,20 @@ def wrap_student(model: torch.nn.Module, info: DistInfo, strategy: str) -> torch
         ids = [info.local_rank] if info.device.startswith("cuda") else None
         return DistributedDataParallel(model, device_ids=ids)
     if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        for layer in getattr(getattr(model, "model", model), "layers", []):
-            fully_shard(layer)
-        fully_shard(model)
-        return model
+        return fully_shard_model(model)
     raise ValueError(f"train.parallel must be one of none, ddp, fsdp; got {strategy!r}.")
+
+
+def fully_shard_model(model: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2: shard every decoder layer, then the root (embeddings, head), in place."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in getattr(getattr(model, "model", model), "layers", []):
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def world_size() -> int:
+    """Ranks in the process group (1 when torch.distributed is not initialised)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -64,6 +64,18 @@ def build_teachers(cfg: DictConfig, s_tok: Any, student: nn.Module, device: str)
                 "use uld, gold, pkl, hkl or xtoken."
             )
         cache = cfg.train.teacher_cache_dir if cfg.train.get("teacher_cache") else None
+        t_par = str(cfg.train.get("teacher_parallel", "replicate"))
+        if t_par not in ("replicate", "fsdp"):
+            raise ValueError(f"train.teacher_parallel must be replicate or fsdp; got {t_par!r}.")
+        if t_par == "fsdp" and distributed.world_size() > 1:
+            # A sharded teacher's forward is a collective: every rank must run it for every
+            # micro-batch, which a per-rank cache hit would break.
+            if cache:
+                raise ValueError(
+                    "train.teacher_parallel=fsdp cannot be combined with train.teacher_cache=true; "
+                    "replicate the teachers or turn the cache off."
+                )
+            distributed.fully_shard_model(model)
         ident = f"{spec.model}|{proj_mod.tokenizer_fingerprint(tok)}"
         runner = TeacherRunner(model, ident, top_k=int(kd["topk"]), cache_dir=cache)
         t = Teacher(spec.name, method, float(spec.weight), kd, tok, runner, same)
