@@ -199,3 +199,17 @@ def test_atomic_writes_get_normal_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_slow_tokenizer_with_offset_aligner_is_named() -> None:
+    from xbench.data import PairDataset, Side
+    from xbench.models import load_tokenizer
+
+    tok = load_tokenizer("mini:student")
+
+    class Slow:  # a tokenizer without character offsets (is_fast False), as Python ones are
+        is_fast = False
+
+    with pytest.raises(ValueError, match=r"teachers\[0\]\.tokenizer gives no character offsets"):
+        PairDataset(["1 + 1 = 2"], tok, [Side(Slow(), False, "offset")], 64)
+    PairDataset(["1 + 1 = 2"], tok, [Side(Slow(), False, "dp")], 64)  # DP needs no offsets

@@ -119,6 +119,17 @@ class PairDataset(Dataset):
         self.student = student
         self.teachers = list(teachers)
         self.max_len = max_len
+        # Character offsets exist only for fast (Rust) tokenizers; the offset aligner needs them.
+        for i, side in enumerate(self.teachers):
+            if side.same_tokenizer or side.aligner != "offset":
+                continue
+            for name, tok in (("student", student), (f"teachers[{i}]", side.tok)):
+                if not getattr(tok, "is_fast", False):
+                    raise ValueError(
+                        f"{name}.tokenizer gives no character offsets (a slow tokenizer), which "
+                        "train.aligner=offset needs; load its fast version or set train.aligner=dp."
+                    )
+        self._offsets = {id(t.tok): getattr(t.tok, "is_fast", False) for t in self.teachers}
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -126,21 +137,24 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         text = self.texts[i]
         s = self.student(
-            text, return_offsets_mapping=True, truncation=True, max_length=self.max_len
+            text,
+            return_offsets_mapping=getattr(self.student, "is_fast", False),
+            truncation=True,
+            max_length=self.max_len,
         )
         item: dict[str, Any] = {"input_ids": s["input_ids"], "teachers": []}
         for side in self.teachers:
             if side.same_tokenizer:
                 item["teachers"].append(None)
                 continue
-            t = side.tok(text, return_offsets_mapping=True)
+            t = side.tok(text, return_offsets_mapping=self._offsets[id(side.tok)])
             al = align_pair(
                 s["input_ids"],
                 t["input_ids"],
                 student_tokenizer=self.student,
                 teacher_tokenizer=side.tok,
-                student_offsets=s["offset_mapping"],
-                teacher_offsets=t["offset_mapping"],
+                student_offsets=s.get("offset_mapping"),
+                teacher_offsets=t.get("offset_mapping"),
                 method=side.aligner,
             )
             item["teachers"].append({"input_ids": t["input_ids"], "align": al})
