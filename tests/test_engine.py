@@ -213,3 +213,24 @@ def test_slow_tokenizer_with_offset_aligner_is_named() -> None:
     with pytest.raises(ValueError, match=r"teachers\[0\]\.tokenizer gives no character offsets"):
         PairDataset(["1 + 1 = 2"], tok, [Side(Slow(), False, "offset")], 64)
     PairDataset(["1 + 1 = 2"], tok, [Side(Slow(), False, "dp")], 64)  # DP needs no offsets
+
+
+@pytest.mark.parametrize("multi", ["softmax_ce", "softmax_entropy", "best"])
+def test_adaptive_multi_teacher_weights_are_logged(tmp_path: Path, multi: str) -> None:
+    run = _train(tmp_path, multi, "cell=kd-C+pkl-A", f"kd.multi_teacher={multi}")
+    last = read_jsonl(run / "metrics.jsonl")[-1]
+    w0, w1 = last["train/teacher_weight/t0"], last["train/teacher_weight/t1"]
+    # Logged weights are summed over the step's micro-batches: 2 here (8 = 2 x 4).
+    assert w0 + w1 == pytest.approx(2.0, abs=1e-5)
+    if multi == "best":  # one teacher takes all the weight in each micro-batch
+        assert {w0, w1} <= {0.0, 1.0, 2.0}
+
+
+def test_logit_average_needs_same_vocabulary_teachers(tmp_path: Path) -> None:
+    two_c = (
+        "+cells.two_c={teachers: [{teacher: tiny_C, method: kd}, {teacher: tiny_C, method: kd}]}"
+    )
+    run = _train(tmp_path, "avg", "cell=two_c", two_c, "kd.multi_teacher=logit_avg")
+    assert "train/loss_kd/avg" in read_jsonl(run / "metrics.jsonl")[-1]
+    with pytest.raises(ValueError, match=r"logit_avg averages logits, so every teacher must share"):
+        _train(tmp_path, "bad", "cell=kd-C+pkl-A", "kd.multi_teacher=logit_avg")

@@ -22,12 +22,23 @@ from torch import Tensor, nn
 from xbench import distributed
 from xbench.losses import get as get_loss
 from xbench.losses.base import LossOutput
+from xbench.losses.combine import (
+    adaptive_teacher_weights,
+    average_teacher_logits,
+    best_teacher,
+    teacher_scores,
+)
 from xbench.losses.pkl import LearnableProjection
 from xbench.models import head_size, load_model, load_tokenizer
 from xbench.teacher import TeacherRunner
 from xbench.tokenpair import projection as proj_mod
 
 CROSS = ("uld", "gold", "pkl", "hkl", "xtoken")
+# Multi-teacher combination (kd.multi_teacher): static weights (paper default), softmax over
+# per-batch teacher scores (-CE, -entropy, max-prob), the best teacher per batch, or the
+# weighted average of same-vocabulary teachers' logits.
+MULTI = ("static", "softmax_ce", "softmax_entropy", "softmax_maxprob", "best", "logit_avg")
+_SCORE = {"softmax_ce": "neg_ce", "softmax_entropy": "neg_entropy", "softmax_maxprob": "max_prob"}
 
 
 @dataclass
@@ -106,6 +117,17 @@ class Objective(nn.Module):
         self.teachers = teachers
         self.mix = OmegaConf.to_container(cfg.mix, resolve=True)
         self.multi = str(cfg.kd.multi_teacher)
+        if self.multi not in MULTI:
+            raise ValueError(f"kd.multi_teacher must be one of {MULTI}; got {self.multi!r}.")
+        if self.multi == "logit_avg" and not all(
+            t.same_tokenizer and t.method == "kd" for t in teachers
+        ):
+            raise ValueError(
+                "kd.multi_teacher=logit_avg averages logits, so every teacher must share the "
+                "student's tokenizer and use method kd; use static or softmax_* weights instead."
+            )
+        # Teacher logits and labels of the current micro-batch (for adaptive weights).
+        self._seen: dict[int, tuple[Tensor, Tensor]] = {}
         self.w = nn.ModuleDict()
         for i, t in enumerate(teachers):
             if t.projection is not None and t.method in ("pkl", "xtoken") and t.kd["learn_w"]:
@@ -146,6 +168,7 @@ class Objective(nn.Module):
         tb = batch["teachers"][i]
         if t.same_tokenizer:
             t_logits = t.runner.logits(batch["input_ids"], batch["attention_mask"])
+            self._seen[i] = (t_logits, batch["labels"])
             div = {"forward": "forward_kl", "reverse": "reverse_kl", "jsd": "jsd"}[kd["kl"]]
             return get_loss("kd")(
                 s_logits,
@@ -156,6 +179,7 @@ class Objective(nn.Module):
                 temperature=float(kd["temperature"]),
             )
         t_logits = t.runner.logits(tb["input_ids"], tb["attention_mask"])
+        self._seen[i] = (t_logits, tb["input_ids"].masked_fill(tb["attention_mask"] == 0, -100))
         al = tb["align"]
         common = dict(
             temperature=float(kd["temperature"]),
@@ -199,6 +223,8 @@ class Objective(nn.Module):
         if not self.teachers:
             parts["train/loss"] = ce_part.detach()
             return ce_part, parts
+        if self.multi == "logit_avg" and len(self.teachers) > 1:
+            return self._logit_average(s_logits, batch, counts, ce_part, parts)
         kd_parts = []
         for i, t in enumerate(self.teachers):
             out = self.teacher_loss(i, t, s_logits, batch)
@@ -208,7 +234,12 @@ class Objective(nn.Module):
             parts[f"train/loss_kd/t{i}"] = kd_i.detach()
             for k, v in out.components.items():
                 parts[f"train/kd/t{i}/{k}"] = (v / n).detach()
-        kd = self._combine(kd_parts)
+        kd = self._combine(kd_parts, parts)
+        return self._mix(ce_part, kd, parts)
+
+    def _mix(
+        self, ce_part: Tensor, kd: Tensor, parts: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         parts["train/loss_kd"] = kd.detach()
         if self.mix["mode"] == "dynamic":
             # sg(CE/KD): KD's gradient is rescaled to CE's magnitude (paper, Eq. dynamic scaling).
@@ -222,8 +253,46 @@ class Objective(nn.Module):
         parts["train/loss"] = loss.detach()
         return loss, parts
 
-    def _combine(self, kd_parts: list[Tensor]) -> Tensor:
-        weights = [t.weight for t in self.teachers]
+    def _combine(self, kd_parts: list[Tensor], parts: dict[str, Tensor]) -> Tensor:
+        """KD = sum_i w_i KD_i with static, softmax-adaptive or best-teacher weights."""
         if self.multi == "static" or len(kd_parts) == 1:
-            return sum(w * k for w, k in zip(weights, kd_parts, strict=True))  # type: ignore[return-value]
-        raise ValueError(f"kd.multi_teacher={self.multi!r} is not supported by this objective.")
+            w = torch.tensor([t.weight for t in self.teachers], device=kd_parts[0].device)
+        else:
+            scores = torch.stack([
+                teacher_scores(*self._seen[i], kind=_SCORE.get(self.multi, "neg_ce"))
+                for i in range(len(self.teachers))
+            ])  # fmt: skip
+            if self.multi == "best":
+                w = torch.zeros_like(scores)
+                w[best_teacher(scores)] = 1.0
+            else:
+                w = adaptive_teacher_weights(scores)
+            for i, wi in enumerate(w):
+                parts[f"train/teacher_weight/t{i}"] = wi.detach()
+        return (torch.stack(kd_parts) * w.to(kd_parts[0].dtype)).sum()
+
+    def _logit_average(
+        self,
+        s_logits: Tensor,
+        batch: dict[str, Any],
+        counts: dict[str, Tensor],
+        ce_part: Tensor,
+        parts: dict[str, Tensor],
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """One KD against the weighted average of same-vocabulary teachers' logits."""
+        logits = [t.runner.logits(batch["input_ids"], batch["attention_mask"])[
+            ..., : s_logits.shape[-1]] for t in self.teachers]  # fmt: skip
+        avg = average_teacher_logits(logits, [t.weight for t in self.teachers])
+        kd0 = self.teachers[0].kd
+        div = {"forward": "forward_kl", "reverse": "reverse_kl", "jsd": "jsd"}[kd0["kl"]]
+        out = get_loss("kd")(
+            s_logits,
+            avg,
+            batch["labels"],
+            divergence=div,
+            beta=float(kd0["beta"]),
+            temperature=float(kd0["temperature"]),
+        )
+        kd = out.total / counts["t0"]
+        parts["train/loss_kd/avg"] = kd.detach()
+        return self._mix(ce_part, kd, parts)
