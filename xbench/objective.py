@@ -38,6 +38,8 @@ CROSS = ("uld", "gold", "pkl", "hkl", "xtoken")
 # per-batch teacher scores (-CE, -entropy, max-prob), the best teacher per batch, or the
 # weighted average of same-vocabulary teachers' logits.
 MULTI = ("static", "softmax_ce", "softmax_entropy", "softmax_maxprob", "best", "logit_avg")
+# kd.kl (config vocabulary) -> the kd loss's divergence name.
+_DIVERGENCE = {"forward": "forward_kl", "reverse": "reverse_kl", "jsd": "jsd"}
 _SCORE = {"softmax_ce": "neg_ce", "softmax_entropy": "neg_entropy", "softmax_maxprob": "max_prob"}
 
 
@@ -169,7 +171,7 @@ class Objective(nn.Module):
         if t.same_tokenizer:
             t_logits = t.runner.logits(batch["input_ids"], batch["attention_mask"])
             self._seen[i] = (t_logits, batch["labels"])
-            div = {"forward": "forward_kl", "reverse": "reverse_kl", "jsd": "jsd"}[kd["kl"]]
+            div = _DIVERGENCE[kd["kl"]]
             return get_loss("kd")(
                 s_logits,
                 t_logits[..., : s_logits.shape[-1]],
@@ -284,7 +286,7 @@ class Objective(nn.Module):
             ..., : s_logits.shape[-1]] for t in self.teachers]  # fmt: skip
         avg = average_teacher_logits(logits, [t.weight for t in self.teachers])
         kd0 = self.teachers[0].kd
-        div = {"forward": "forward_kl", "reverse": "reverse_kl", "jsd": "jsd"}[kd0["kl"]]
+        div = _DIVERGENCE[kd0["kl"]]
         out = get_loss("kd")(
             s_logits,
             avg,
