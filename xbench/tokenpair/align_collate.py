@@ -37,14 +37,7 @@ def collate_alignments(
     ts = max(len(x.student_chunk) for x in alignments)
     tt = max(len(x.teacher_chunk) for x in alignments)
     c = max(x.num_chunks for x in alignments)
-    for name, given, need in (
-        ("student_len", student_len, ts),
-        ("teacher_len", teacher_len, tt),
-        ("num_chunks", num_chunks, c),
-    ):
-        if given is not None and given < need:
-            raise ValueError(f"{name}={given} is shorter than the batch needs ({need}); raise it.")
-    ts, tt, c = student_len or ts, teacher_len or tt, num_chunks or c
+    ts, tt, c = _check_lens(student_len, teacher_len, num_chunks, ts, tt, c)
     s_chunk = np.full((bsz, ts), -1, dtype=np.int64)
     t_chunk = np.full((bsz, tt), -1, dtype=np.int64)
     mask = np.zeros((bsz, c), dtype=bool)
