@@ -22,6 +22,7 @@ import difflib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -486,34 +487,105 @@ def evaluate_cfg(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     Returns:
         The results dict of :func:`evaluate`.
     """
+    from xbench.checkpoint import load_student, run_dir_of
     from xbench.hf_models import load_model
 
     cfg = _plain(cfg)
     if not cfg.get("model"):
         raise EvalConfigError(
-            "evaluate_cfg needs `model`: a checkpoint directory, Hub id or "
+            "evaluate_cfg needs `model`: a run directory, checkpoint directory, Hub id or "
             "offline asset name such as 'smollm2'."
         )
-    model, tokenizer = load_model(
-        cfg["model"],
-        tokenizer=cfg.get("tokenizer"),
-        device=cfg.get("device") or "cpu",
-        dtype=cfg.get("dtype"),
+    name = str(cfg["model"])
+    if run_dir_of(name) is not None:  # an xbench run directory or one of its step_N.pt
+        model, tokenizer, name = load_student(name)
+        if cfg.get("tokenizer"):
+            raise EvalConfigError(
+                "tokenizer is set, but an xbench run directory brings its student's own "
+                "tokenizer: drop tokenizer=."
+            )
+        model = model.to(cfg.get("device") or "cpu")
+    else:
+        model, tokenizer = load_model(
+            name,
+            tokenizer=cfg.get("tokenizer"),
+            device=cfg.get("device") or "cpu",
+            dtype=cfg.get("dtype"),
+        )
+    return evaluate(model, tokenizer, cfg, out_dir=cfg.get("out_dir"), model_name=name)
+
+
+_CONF = Path(__file__).resolve().parent.parent / "conf" / "eval"
+
+
+def _config_name(argv: list[str]) -> tuple[str, list[str]]:
+    """``--config-name SUITE`` (or ``-cn SUITE``, ``--config-name=SUITE``) and the rest."""
+    name, rest, it = "mini", [], iter(argv)
+    for a in it:
+        if a in ("--config-name", "-cn"):
+            name = next(it, name)
+        elif a.startswith("--config-name="):
+            name = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    return name, rest
+
+
+def _help() -> str:
+    from xbench.config.cli import catalogue
+
+    return (
+        "usage: python -m xbench.evaluate [--config-name SUITE] model=MODEL [key=value ...]\n"
+        "  MODEL: an xbench run directory (or its checkpoints/step_N.pt), a save_pretrained\n"
+        "  directory, an offline asset (smollm2) or a Hub id; out_dir=DIR writes\n"
+        "  DIR/eval/results.json. Keys mirror lm_eval.simple_evaluate (conf/eval/_common.yaml).\n"
+        + catalogue(experiments=False)
     )
-    return evaluate(model, tokenizer, cfg, out_dir=cfg.get("out_dir"), model_name=cfg["model"])
 
 
-def main() -> None:
-    """``python -m xbench.evaluate [--config-name SUITE] model=... [key=value ...]``."""
+def _cli(argv: list[str]) -> int:
+    from xbench.config import validate_eval
+    from xbench.config.cli import compose, guard, strip_flags
+
+    name, rest = _config_name(argv)
+    if name not in {p.stem for p in _CONF.glob("*.yaml") if not p.stem.startswith("_")}:
+        from xbench.config import ConfigError
+
+        suites = sorted(p.stem for p in _CONF.glob("*.yaml") if not p.stem.startswith("_"))
+        raise ConfigError(
+            "--config-name", f"--config-name={name!r} is not a suite; use one of {suites}."
+        )
+    validate_eval(compose(name, strip_flags(rest), config_dir=_CONF))
     import hydra
+
+    # Nothing on disk but out_dir: no outputs/<date>/ folder, no .hydra/, no log file.
+    sys.argv = [
+        sys.argv[0],
+        "--config-name",
+        name,
+        *rest,
+        "hydra.run.dir=.",
+        "hydra.output_subdir=null",
+        "hydra/job_logging=stdout",
+    ]
 
     @hydra.main(config_path="../conf/eval", config_name="mini", version_base="1.3")
     def _run(cfg: DictConfig) -> None:
-        result = evaluate_cfg(cfg)
+        with guard("xbench.evaluate", EvalConfigError):
+            result = evaluate_cfg(cfg)
         print(json.dumps(result["tasks"], indent=2))
 
     _run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m xbench.evaluate [--config-name SUITE] model=... [key=value ...]``."""
+    from xbench.config.cli import run_cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli("xbench.evaluate", argv, _cli, _help)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,6 +7,7 @@ and writes ``pair_audit.json`` and ``pair_audit.md`` to ``out_dir`` (see ``conf/
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,24 +80,54 @@ def run_pair(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def main() -> None:
-    """Hydra entry point (``python -m xbench.pair key=value ...``)."""
+def _help() -> str:
+    from xbench.assets import OFFLINE_TOKENIZERS
+
+    return (
+        "usage: python -m xbench.pair student=TOKENIZER teacher=TOKENIZER [key=value ...]\n"
+        "  Audits a tokenizer pair (W, alignment and numeral statistics on a GSM8K sample) and\n"
+        "  writes out_dir/pair_audit.{json,md} with a loss recommendation (P-KL or H-KL).\n"
+        f"  TOKENIZER: an offline asset ({', '.join(OFFLINE_TOKENIZERS)}), a directory or a Hub"
+        " id.\n"
+        "  keys (conf/pair.yaml): out_dir, sample_size, seed, rank, reverse_pass, threshold,\n"
+        "  align_method (offset | dp).\n"
+        "XBENCH_DEBUG=1 prints the full traceback of an error."
+    )
+
+
+def _cli(argv: list[str]) -> int:
     import hydra
     from hydra.core.config_store import ConfigStore
+
+    from xbench.config import validate_pair
+    from xbench.config.cli import compose, guard, strip_flags
 
     # conf/ holds model groups named student/ and teacher/; registering this file in the
     # ConfigStore (search path without conf/) keeps `student=llama3` a plain value override.
     ConfigStore.instance().store(name="xbench_pair", node=OmegaConf.load(_CONF))
+    validate_pair(compose("xbench_pair", strip_flags(argv), config_dir=None))
+    # Nothing on disk but the report: no empty out_dir when the audit fails, no .hydra/.
+    sys.argv = [sys.argv[0], *argv, "hydra/job_logging=stdout"]
 
     @hydra.main(version_base="1.3", config_path=None, config_name="xbench_pair")
     def _app(cfg: DictConfig) -> None:
-        report = run_pair(cfg)
+        with guard("xbench.pair"):
+            report = run_pair(cfg)
         rec = report["recommendation"]
         print(f"{cfg.student} -> {cfg.teacher}: {rec['method']} ({rec['reason']})")
         print(f"wrote {Path(cfg.out_dir) / 'pair_audit.md'}")
 
     _app()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (``python -m xbench.pair key=value ...``); returns the exit code."""
+    from xbench.config.cli import run_cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli("xbench.pair", argv, _cli, _help)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

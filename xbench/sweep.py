@@ -10,12 +10,16 @@ exact command that runs it alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shlex
+import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -27,11 +31,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from xbench.cells import resolve_cell
-from xbench.rundir import RunDir, config_hash
+from xbench.io import write_json
+from xbench.rundir import Locked, RunDir, config_hash, lock
 
 log = logging.getLogger("xbench.sweep")
-# Filled by SweepCallback.on_multirun_end (it runs in the launching process).
-_LAST: dict[str, Any] = {}
+PROG = "xbench.sweep"
 
 
 def _prepare_eval(cfg: DictConfig) -> DictConfig:
@@ -63,8 +67,26 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
     if rd.is_done(h):
         log.info("cell %s is done (config %s): skipped", run_dir.name, h)
         return {"status": "skipped", "run_dir": str(run_dir)}
-    # A multi-task cell runs this function once per rank; only rank 0 writes the run directory.
+    # A multi-task cell runs this function once per rank; only rank 0 writes the run directory
+    # and holds its lock (a second writer of the same directory is refused).
     main_rank = distributed.env_rank() == 0
+    _die_with_local_sweep()
+    with contextlib.ExitStack() as stack:
+        if main_rank:
+            try:
+                stack.enter_context(rd.lock())
+            except Locked as exc:
+                log.error("cell %s not run: %s", run_dir.name, exc)
+                return {"status": "locked", "run_dir": str(run_dir), "error": str(exc)}
+        return _run_locked(cfg, resolved, cell, rd, main_rank)
+
+
+def _run_locked(
+    cfg: DictConfig, resolved: DictConfig, cell: dict[str, Any], rd: RunDir, main_rank: bool
+) -> dict[str, Any]:
+    from xbench import distributed
+
+    run_dir = rd.path
     if main_rank:
         rd.start(resolved, cell, str(cfg.experiment))
     t0 = time.time()
@@ -112,6 +134,17 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
             for p in rd.ckpt_dir.glob("*.pt"):
                 p.unlink()
         return {"status": "done", "run_dir": str(run_dir)}
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # Ctrl-C, or SIGTERM (train() checkpoints at the end of the step, then exits): the cell
+        # is resumable; a rerun of the sweep picks it up from its last checkpoint.
+        if not main_rank:
+            raise
+        reason = str(exc) or type(exc).__name__
+        rd.update(
+            status="interrupted", error=reason, timings={"interrupted_after_s": time.time() - t0}
+        )
+        log.error("cell %s interrupted: %s", run_dir.name, reason)
+        return {"status": "interrupted", "run_dir": str(run_dir), "error": reason}
     except Exception as exc:  # recorded, reported, and the sweep goes on
         if not main_rank:
             raise
@@ -123,6 +156,37 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
         )
         log.error("cell %s failed: %s", run_dir.name, exc)
         return {"status": "failed", "run_dir": str(run_dir), "error": str(exc)}
+
+
+def _die_with_local_sweep() -> None:
+    """A local cell job (submitit_local) stops when the sweep that launched it is gone.
+
+    The job's parent is submitit's controller, whose parent is the sweep. A SIGKILLed sweep (or
+    an OOM kill) leaves the controller and this job running; a daemon thread polls the sweep's
+    pid and sends this process SIGTERM, which train() turns into a checkpoint and an exit.
+    """
+    if "SUBMITIT_LOCAL_JOB_ID" not in os.environ:
+        return
+    try:
+        stat = Path(f"/proc/{os.getppid()}/stat").read_text()
+        sweep_pid = int(stat.rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return
+    if sweep_pid <= 1:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(sweep_pid, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, name="xbench-sweep-watch", daemon=True).start()
 
 
 def _print_plan(cfg: DictConfig, resolved: DictConfig, cell: dict[str, Any]) -> None:
@@ -169,8 +233,7 @@ class SweepCallback(Callback):
             "statuses": statuses,
             "report": {k: str(v) for k, v in written.items()},
         }
-        (sweep_dir / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
-        _LAST.update(summary)
+        write_json(sweep_dir / "sweep_summary.json", summary)
         log.info("report: %s", sweep_dir / "report")
         for status, runs in statuses.items():
             if status != "done":
@@ -190,31 +253,148 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     return run_cell(cfg)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: adds the plan-mode overrides, runs the multirun, returns an exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("plan=true", "plan=True", "+plan=true") for a in argv):
+def preflight(argv: list[str]) -> list[DictConfig]:
+    """Compose and validate every job of the sweep; raises ConfigError before anything runs."""
+    from xbench.config import validate
+    from xbench.config.cli import compose, strip_flags, sweep_jobs
+
+    jobs = [compose("sweep", job, hydra_cfg=True) for job in sweep_jobs(strip_flags(argv))]
+    for cfg in jobs:
+        validate(cfg)
+    return jobs
+
+
+def _help() -> str:
+    from xbench.config.cli import catalogue
+
+    return (
+        "usage: python -m xbench.sweep +experiment=NAME [cell=A,B] [seed=0,1] [plan=true]"
+        " [key=value ...]\n"
+        "  Runs every cell of an experiment (one Hydra multirun job per cell: W -> train ->\n"
+        "  evaluate -> run directory), then rebuilds the leaderboard. plan=true prints the jobs\n"
+        "  and launches nothing. hydra/launcher=local (default) or slurm. Exits 1 with one\n"
+        "  `FAILED cell=...` line per cell that did not finish.\n" + catalogue()
+    )
+
+
+def _children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (Linux /proc; empty elsewhere)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in task.read_text().split()]
+    return out
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and has not exited (a zombie waiting to be reaped has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@contextlib.contextmanager
+def _stop_cells_on_interrupt(grace_s: float = 120.0) -> Any:
+    """On SIGINT/SIGTERM to the sweep, stop its local cell jobs before the sweep exits.
+
+    Each submitit controller (a child of this process) forwards SIGTERM to its cell, whose
+    train() checkpoints at the end of the step and marks the cell ``interrupted``; the sweep
+    waits for them (up to ``grace_s``), then raises KeyboardInterrupt.
+    """
+
+    def handler(signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the wait
+        kids = _children(os.getpid())
+        log.warning("%s: stopping %d cell job(s)", signal.Signals(signum).name, len(kids))
+        for pid in kids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.time() + grace_s
+        while time.time() < deadline and any(_running(p) for p in kids):
+            time.sleep(0.2)
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _not_done(sweep_dir: Path, since: float) -> list[dict[str, Any]]:
+    """Cells of this sweep (meta.json written since ``since``) that did not finish."""
+    out = []
+    for meta_path in sorted(sweep_dir.rglob("meta.json")):
+        if meta_path.stat().st_mtime < since:
+            continue
+        meta = RunDir(meta_path.parent).meta()
+        if meta.get("status") != "done":
+            out.append({**meta, "run_dir": str(meta_path.parent)})
+    return out
+
+
+def _run(argv: list[str]) -> int:
+    jobs = preflight(argv)
+    overrides = [*argv]
+    if bool(jobs[0].plan):
         # Plan mode: run the jobs in-process with the basic launcher (they only print) and
         # keep Hydra's job directories out of the results tree.
         tmp = tempfile.mkdtemp(prefix="xbench-plan-")
-        argv += [
-            "hydra/launcher=basic",
-            f"hydra.sweep.dir={tmp}",
-            "hydra.output_subdir=null",
-            "hydra/job_logging=disabled",
-            "hydra/hydra_logging=disabled",
-        ]
-    sys.argv = [sys.argv[0], *argv]
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _hydra_main()
-    if "plan=true" in argv:
+        try:
+            sys.argv = [
+                sys.argv[0],
+                *overrides,
+                "hydra/launcher=basic",
+                f"hydra.sweep.dir={tmp}",
+                "hydra.output_subdir=null",
+                "hydra/job_logging=disabled",
+                "hydra/hydra_logging=disabled",
+            ]
+            _hydra_main()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return 0
-    # A failed cell is reported (meta.json and the leaderboard) and makes the sweep exit 1.
-    failed = _LAST.get("statuses", {}).get("failed", [])
-    for name in failed:
-        print(f"FAILED {name} (see its meta.json in {_LAST['sweep_dir']})", file=sys.stderr)
-    return 1 if failed else 0
+    sweep_dir = Path(str(jobs[0].hydra.sweep.dir))
+    sys.argv = [sys.argv[0], *overrides]
+    since = time.time() - 1.0  # mtime resolution
+    try:
+        with lock(sweep_dir / ".sweep.lock", f"sweep {sweep_dir}"), _stop_cells_on_interrupt():
+            _hydra_main()
+    except KeyboardInterrupt:
+        for m in _not_done(sweep_dir, since):
+            print(
+                f"INTERRUPTED cell={m.get('cell', {}).get('name')} {m['run_dir']}", file=sys.stderr
+            )
+        print(f"{PROG}: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    # A cell that did not finish is reported (meta.json and the leaderboard) and makes the
+    # sweep exit 1, one line per cell.
+    bad = _not_done(sweep_dir, since)
+    for m in bad:
+        reason = (m.get("error") or m.get("status") or "").splitlines()
+        print(
+            f"FAILED cell={m.get('cell', {}).get('name')} status={m.get('status')} "
+            f"run_dir={m['run_dir']}: {reason[0] if reason else 'unknown'}",
+            file=sys.stderr,
+        )
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: validates every job, runs the multirun, returns an exit code."""
+    from xbench.config.cli import run_cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return run_cli(PROG, argv, _run, _help)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main, not this __main__ copy: Hydra instantiates
+    # xbench.sweep.SweepCallback and xbench.sweep._hydra_main's module state lives there.
+    from xbench import sweep
+
+    sys.exit(sweep.main())

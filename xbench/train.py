@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -145,31 +146,79 @@ def _dump(ckpt_dir: Path, step: int, micro: list[dict[str, Any]], logs: dict[str
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     """Train one cell of an experiment into ``run_dir`` (default: Hydra's output directory).
 
     ``python -m xbench.train +experiment=mini_vs_gold cell=pkl-A seed=1 run_dir=DIR``; under
     ``torchrun`` or ``srun`` every rank runs this and joins the process group.
     """
+    import contextlib
+
     from hydra.core.hydra_config import HydraConfig
 
     from xbench.cells import resolve_cell
+    from xbench.config.cli import guard
+    from xbench.io import write_text
+    from xbench.rundir import RunDir
 
     resolved, _ = resolve_cell(cfg)
     run_dir = Path(cfg.get("run_dir") or HydraConfig.get().runtime.output_dir)
-    summary = train(resolved, run_dir)
-    if summary["dist"].is_main:
-        write_json(
-            run_dir / "train_summary.json",
-            {
-                k: v
-                for k, v in summary.items()
-                if k in ("steps", "final_loss", "seconds", "world_size", "resumed_from")
-            },
-        )
+    main_rank = distributed.env_rank() == 0
+    with contextlib.ExitStack() as stack:
+        if main_rank:
+            with guard(PROG):
+                stack.enter_context(RunDir(run_dir).lock())
+            # The resolved config makes the directory self-describing (and evaluable:
+            # ``python -m xbench.evaluate model=RUN_DIR``).
+            write_text(run_dir / "config.yaml", OmegaConf.to_yaml(resolved, resolve=True))
+        summary = train(resolved, run_dir)
+        if summary["dist"].is_main:
+            write_json(
+                run_dir / "train_summary.json",
+                {
+                    k: v
+                    for k, v in summary.items()
+                    if k in ("steps", "final_loss", "seconds", "world_size", "resumed_from")
+                },
+            )
     distributed.cleanup()
 
 
-if __name__ == "__main__":
+PROG = "xbench.train"
+
+
+def _help() -> str:
+    from xbench.config.cli import catalogue
+
+    return (
+        "usage: python -m xbench.train +experiment=NAME cell=CELL [seed=N] [run_dir=DIR]"
+        " [key=value ...]\n"
+        "  Trains one cell (no evaluation) into run_dir (default: Hydra's output directory),\n"
+        "  resuming from its newest intact checkpoint. Under torchrun/srun every rank runs it.\n"
+        + catalogue()
+    )
+
+
+def _run(argv: list[str]) -> int:
+    from xbench.config import validate
+    from xbench.config.cli import compose, strip_flags
+
+    cfg = compose("train", strip_flags(argv), hydra_cfg=True)
+    validate(cfg)
+    extra = [f"hydra.run.dir={cfg.run_dir}"] if cfg.get("run_dir") else []
+    sys.argv = [sys.argv[0], *argv, *extra]
+    _hydra_main()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: validates the config, then trains; returns the exit code."""
+    from xbench.config.cli import run_cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+    return run_cli(PROG, argv, _run, _help)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
