@@ -36,6 +36,7 @@ from xbench.rundir import Locked, RunDir, config_hash, lock
 
 log = logging.getLogger("xbench.sweep")
 PROG = "xbench.sweep"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def _prepare_eval(cfg: DictConfig) -> DictConfig:
@@ -248,7 +249,9 @@ def _statuses(sweep_dir: Path) -> dict[str, list[str]]:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
+# An absolute path: `python -m xbench.sweep` runs main() of the imported module (see the end of
+# this file), for which Hydra would resolve a relative path against the package, not the file.
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="sweep")
 def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     return run_cell(cfg)
 

@@ -165,14 +165,17 @@ def check_source(path: str, value: str, kind: str, *, check_hub: bool) -> None:
         path: The config field (``student.model``).
         value: Its value.
         kind: ``model`` or ``tokenizer``.
-        check_hub: When the Hub is offline (``HF_HUB_OFFLINE=1``), require a Hub id to be in the
-            local Hub cache; plans skip this (they describe a cluster run, not this machine).
+        check_hub: Check against this machine: assets, mini roles, and (when the Hub is offline,
+            ``HF_HUB_OFFLINE=1``) Hub ids in the local Hub cache. Plans skip it: they describe
+            a run elsewhere (a cluster), and the checks would import torch.
     """
+    if (value == "config" and kind == "model") or Path(value).expanduser().is_dir():
+        return
+    if not check_hub:
+        return  # a plan describes another machine (a cluster): nothing here to look up
     from xbench.assets import OFFLINE_TOKENIZERS
     from xbench.hf_models import OFFLINE_MODELS
 
-    if value == "config" and kind == "model":
-        return
     if value.startswith("mini:"):
         from xbench.mini.tokenizers import KINDS
         from xbench.mini.world import ROLES
@@ -184,13 +187,13 @@ def check_source(path: str, value: str, kind: str, *, check_hub: bool) -> None:
             )
         return
     assets = OFFLINE_MODELS if kind == "model" else OFFLINE_TOKENIZERS
-    if value in assets or Path(value).expanduser().is_dir():
+    if value in assets:
         return
     looks_local = value.startswith((".", "/", "~")) or value.count("/") > 1
     if looks_local:
         raise ConfigError(path, f"{path}={value!r}: no such directory; fix the path.")
     probe = "config.json" if kind == "model" else "tokenizer_config.json"
-    if check_hub and _offline() and not _hub_cached(value, probe):
+    if _offline() and not _hub_cached(value, probe):
         raise ConfigError(
             path,
             f"{path}={value!r} is not an offline asset ({', '.join(assets)}), a directory, or in "
@@ -262,17 +265,16 @@ def validate(cfg: DictConfig | dict[str, Any], *, plan: bool | None = None) -> N
         plan: Plan mode (default: ``cfg.plan``): skips the checks that concern this machine
             (models in the local Hub cache, a GPU for a local launcher).
     """
-    hydra_cfg = cfg.get("hydra") if isinstance(cfg, dict | DictConfig) else None
-    launcher = (
-        str(OmegaConf.select(hydra_cfg, "launcher._target_") or "")
-        if isinstance(hydra_cfg, DictConfig)
-        else ""
-    )
-    c = (
-        _plain(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
-        if isinstance(cfg, DictConfig)
-        else {k: v for k, v in cfg.items() if k != "hydra"}
-    )
+    launcher = ""
+    if isinstance(cfg, DictConfig):
+        launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
+        # Per top-level key: a masked copy of the whole tree would deep-copy it (slow).
+        c = {
+            k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            for k, v in ((k, cfg[k]) for k in cfg if k != "hydra")
+        }
+    else:
+        c = {k: v for k, v in cfg.items() if k != "hydra"}
     check_group("", c, CellConf)
     plan = bool(c.get("plan")) if plan is None else plan
     for group, schema in CELL_GROUPS.items():

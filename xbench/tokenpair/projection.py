@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,9 @@ __all__ = [
     "to_sparse",
     "tokenizer_fingerprint",
 ]
+
+
+log = logging.getLogger("xbench.tokenpair.projection")
 
 
 @dataclass(frozen=True)
@@ -351,7 +355,11 @@ def load_or_build(
     path = Path(cache_dir or default_cache()) / "projections" / key
     try:
         proj = Projection.load(path, student_tok=student_tok, teacher_tok=teacher_tok)
-    except (FileNotFoundError, ValueError):  # miss or corrupt entry: rebuild over it
+    except FileNotFoundError:  # a miss: build and cache
+        proj = build_projection(student_tok, teacher_tok, cfg)
+        proj.save(path)
+    except ValueError as err:  # a corrupt entry (size, hash or format check): rebuild over it
+        log.warning("cached W at %s failed verification, rebuilding it: %s", path, err)
         proj = build_projection(student_tok, teacher_tok, cfg)
         proj.save(path)
     return proj.resized(

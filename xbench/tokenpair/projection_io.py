@@ -38,6 +38,9 @@ def save_projection(proj: Projection, path: str | os.PathLike[str]) -> Path:
     try:
         tensors = {"indices": proj.indices.numpy(), "weights": proj.weights.numpy()}
         save_file(tensors, str(tmp / _TENSORS), metadata={"content_hash": meta["content_hash"]})
+        # Size and hash of the file as written: checked before the bytes are parsed, so a
+        # truncated or bit-flipped file is caught even where safetensors would choke on it.
+        meta["file"] = {"size": (tmp / _TENSORS).stat().st_size, "sha256": _sha256(tmp / _TENSORS)}
         (tmp / _META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", "utf-8")
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
@@ -68,8 +71,27 @@ def load_projection(
             f"No projection artifact at {src} (expected {_TENSORS} and {_META}); build it "
             "with xbench.tokenpair.projection.load_or_build or fix the path."
         )
-    meta = json.loads((src / _META).read_text("utf-8"))
-    arrays = load_file(str(src / _TENSORS))
+    tensors = src / _TENSORS
+    try:
+        meta = json.loads((src / _META).read_text("utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{src / _META} is not valid JSON ({exc}); rebuild W.") from exc
+    expected = meta.get("file") or {}
+    if "size" in expected and tensors.stat().st_size != expected["size"]:
+        raise ValueError(
+            f"{tensors} has {tensors.stat().st_size} bytes, its meta.json says "
+            f"{expected['size']} (truncated or overwritten); rebuild W."
+        )
+    if "sha256" in expected and _sha256(tensors) != expected["sha256"]:
+        raise ValueError(f"{tensors} fails its sha256 check (corrupted on disk); rebuild W.")
+    try:
+        arrays = load_file(str(tensors))
+    except Exception as exc:  # safetensors raises SafetensorError on a torn header
+        raise ValueError(
+            f"{tensors} is not a readable safetensors file ({exc}); rebuild W."
+        ) from exc
+    if set(arrays) != {"indices", "weights"}:
+        raise ValueError(f"{tensors} lacks the indices/weights tensors; rebuild W.")
     proj = cls(torch.from_numpy(arrays["indices"]), torch.from_numpy(arrays["weights"]), meta)
     if meta.get("format") != FORMAT or proj.content_hash != meta.get("content_hash"):
         raise ValueError(
@@ -140,6 +162,14 @@ def tokenizer_fingerprint(tok: Any) -> str:
 
 
 # --------------------------------------------------------------------------- content hash
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _content_hash(indices: np.ndarray, weights: np.ndarray, meta: dict[str, Any]) -> str:
