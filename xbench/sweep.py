@@ -256,12 +256,14 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     return run_cell(cfg)
 
 
-def preflight(argv: list[str]) -> list[DictConfig]:
+def preflight(argv: list[str]) -> list[dict[str, Any]]:
     """Compose and validate every job of the sweep; raises ConfigError before anything runs."""
     from xbench.config import validate
-    from xbench.config.cli import compose, strip_flags, sweep_jobs
+    from xbench.config.cli import strip_flags, sweep_configs
 
-    jobs = [compose("sweep", job, hydra_cfg=True) for job in sweep_jobs(strip_flags(argv))]
+    jobs = sweep_configs(strip_flags(argv))
+    for cfg in jobs:  # every job's values first (fast), then what this machine must provide
+        validate(cfg, machine=False)
     for cfg in jobs:
         validate(cfg)
     return jobs
@@ -342,7 +344,7 @@ def _not_done(sweep_dir: Path, since: float) -> list[dict[str, Any]]:
 def _run(argv: list[str]) -> int:
     jobs = preflight(argv)
     overrides = [*argv]
-    if bool(jobs[0].plan):
+    if bool(jobs[0]["plan"]):
         # Plan mode: run the jobs in-process with the basic launcher (they only print) and
         # keep Hydra's job directories out of the results tree.
         tmp = tempfile.mkdtemp(prefix="xbench-plan-")
@@ -360,7 +362,7 @@ def _run(argv: list[str]) -> int:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return 0
-    sweep_dir = Path(str(jobs[0].hydra.sweep.dir))
+    sweep_dir = Path(jobs[0]["hydra"]["sweep"]["dir"])
     sys.argv = [sys.argv[0], *overrides]
     since = time.time() - 1.0  # mtime resolution
     try:

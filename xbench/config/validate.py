@@ -256,7 +256,9 @@ def _check_eval(prefix: str, ev: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- entry points
 
 
-def validate(cfg: DictConfig | dict[str, Any], *, plan: bool | None = None) -> None:
+def validate(
+    cfg: DictConfig | dict[str, Any], *, plan: bool | None = None, machine: bool = True
+) -> None:
     """Check one sweep/train job config (before ``resolve_cell``); raise :class:`ConfigError`.
 
     Args:
@@ -264,17 +266,15 @@ def validate(cfg: DictConfig | dict[str, Any], *, plan: bool | None = None) -> N
             experiment and overrides); a ``hydra`` key, if present, is read for the launcher only.
         plan: Plan mode (default: ``cfg.plan``): skips the checks that concern this machine
             (models in the local Hub cache, a GPU for a local launcher).
+        machine: False skips those checks too (a sweep checks every job's values first: they
+            are cheap, while the machine checks import torch).
     """
-    launcher = ""
     if isinstance(cfg, DictConfig):
-        launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
-        # Per top-level key: a masked copy of the whole tree would deep-copy it (slow).
-        c = {
-            k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-            for k, v in ((k, cfg[k]) for k in cfg if k != "hydra")
-        }
-    else:
-        c = {k: v for k, v in cfg.items() if k != "hydra"}
+        from xbench.config.cli import _plain_job
+
+        cfg = _plain_job(cfg)
+    launcher = str(((cfg.get("hydra") or {}).get("launcher") or {}).get("_target_") or "")
+    c = {k: v for k, v in cfg.items() if k != "hydra"}
     check_group("", c, CellConf)
     plan = bool(c.get("plan")) if plan is None else plan
     for group, schema in CELL_GROUPS.items():
@@ -313,6 +313,13 @@ def validate(cfg: DictConfig | dict[str, Any], *, plan: bool | None = None) -> N
         )
     if data.get("source") == "hf" and not data.get("name"):
         raise ConfigError("data.name", "data.name is empty: source=hf needs a dataset id.")
+    if machine:
+        _check_machine(c, spec, launcher, plan)
+
+
+def _check_machine(c: dict[str, Any], spec: dict[str, Any], launcher: str, plan: bool) -> None:
+    """What this machine must provide: a GPU for a local cuda run, the models and tokenizers."""
+    tr, zoo = c.get("train", {}), c.get("zoo") or {}
     local = "slurm" not in launcher.lower()
     if not plan and local and tr.get("device") == "cuda" and tr.get("enabled", True):
         import torch
