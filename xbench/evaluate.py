@@ -531,6 +531,18 @@ def _config_name(argv: list[str]) -> tuple[str, list[str]]:
     return name, rest
 
 
+def _quote_path(arg: str) -> str:
+    """``model=results/sweeps/x/cell=ce`` -> ``model='results/sweeps/x/cell=ce'``.
+
+    Sweep run directories are named ``key=value``; Hydra's override grammar needs such a value
+    quoted, which a user should not have to know to evaluate one.
+    """
+    key, sep, value = arg.partition("=")
+    if sep and key in ("model", "tokenizer", "out_dir") and value and value[0] not in "'\"":
+        return f"{key}='{value}'" if "'" not in value else arg
+    return arg
+
+
 def _help() -> str:
     from xbench.config.cli import catalogue
 
@@ -548,6 +560,7 @@ def _cli(argv: list[str]) -> int:
     from xbench.config.cli import compose, guard, strip_flags
 
     name, rest = _config_name(argv)
+    rest = [_quote_path(a) for a in rest]
     if name not in {p.stem for p in _CONF.glob("*.yaml") if not p.stem.startswith("_")}:
         from xbench.config import ConfigError
 
@@ -569,7 +582,7 @@ def _cli(argv: list[str]) -> int:
         "hydra/job_logging=stdout",
     ]
 
-    @hydra.main(config_path="../conf/eval", config_name="mini", version_base="1.3")
+    @hydra.main(config_path=str(_CONF), config_name="mini", version_base="1.3")
     def _run(cfg: DictConfig) -> None:
         with guard("xbench.evaluate", EvalConfigError):
             result = evaluate_cfg(cfg)

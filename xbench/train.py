@@ -25,6 +25,8 @@ from xbench.io import write_json
 from xbench.loop import build_session
 from xbench.metrics import MetricsLogger
 
+_CONF = Path(__file__).resolve().parents[1] / "conf"
+
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN/inf; a diagnostic dump was written next to the checkpoints."""
@@ -145,7 +147,8 @@ def _dump(ckpt_dir: Path, step: int, micro: list[dict[str, Any]], logs: dict[str
     torch.save({"step": step, "logs": logs, "batches": micro}, ckpt_dir / f"nonfinite_{step}.pt")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+# Absolute: a relative path is resolved against the caller's package when main() is imported.
+@hydra.main(version_base="1.3", config_path=str(_CONF), config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
     """Train one cell of an experiment into ``run_dir`` (default: Hydra's output directory).
 
@@ -202,9 +205,14 @@ def _help() -> str:
 def _run(argv: list[str]) -> int:
     from xbench.config import validate
     from xbench.config.cli import compose, strip_flags
+    from xbench.rundir import RunDir
 
     cfg = compose("train", strip_flags(argv), hydra_cfg=True)
     validate(cfg)
+    run_dir = cfg.get("run_dir") or cfg.hydra.run.dir
+    if distributed.env_rank() == 0:
+        with RunDir(run_dir).lock():  # refuse a second writer before Hydra writes .hydra/ there
+            pass
     extra = [f"hydra.run.dir={cfg.run_dir}"] if cfg.get("run_dir") else []
     sys.argv = [sys.argv[0], *argv, *extra]
     _hydra_main()

@@ -41,6 +41,9 @@ def one_line(exc: BaseException) -> str:
             line = "; a" + line[1:]
         lines.append(line)
     text = " ".join(lines).replace(" ; a", "; a")
+    override = getattr(exc, "override", None)  # Hydra's OverrideParseException
+    if isinstance(override, str):
+        text = f"cannot parse {override!r}: {text}"
     if options:
         text = f"{text} {', '.join(options)}."
     cause = exc.__cause__ or exc.__context__
