@@ -313,8 +313,38 @@ def validate(
         )
     if data.get("source") == "hf" and not data.get("name"):
         raise ConfigError("data.name", "data.name is empty: source=hf needs a dataset id.")
+    _check_kd_rules(c, spec)
     if machine:
         _check_machine(c, spec, launcher, plan)
+
+
+def _check_kd_rules(c: dict[str, Any], spec: dict[str, Any]) -> None:
+    """The objective's own kd:/mix: rules (which knob each method reads), where the engine
+    provides them (``xbench.losses.options.check_kd_options``, issue 13); the schema's ranges
+    and enums above hold either way."""
+    import importlib.util
+
+    if importlib.util.find_spec("xbench.losses.options") is None:
+        return
+    from xbench.losses import options
+
+    check = getattr(options, "check_kd_options", None)
+    if check is None:
+        return
+    zoo = c.get("zoo") or {}
+    teachers = [
+        {
+            **zoo[t["teacher"]],
+            "method": t["method"],
+            "weight": t.get("weight", 1.0),
+            "kd": t.get("kd") or {},
+        }
+        for t in spec.get("teachers") or []
+    ]
+    try:
+        check({**c, "teachers": teachers})
+    except ValueError as exc:
+        raise ConfigError("kd", str(exc)) from exc
 
 
 def _check_machine(c: dict[str, Any], spec: dict[str, Any], launcher: str, plan: bool) -> None:

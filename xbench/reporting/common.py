@@ -28,7 +28,7 @@ TIDY_COLUMNS = [
 # alpha and rank ride along so that curves of different sweep points are never averaged together.
 CURVE_COLUMNS = ["run", "method", "teachers", "alpha", "rank", "seed", "step", "key", "value"]
 KEY_COLUMNS = ["experiment", "student", "teachers", "method", "alpha", "rank"]
-STATUSES = ("pending", "running", "done", "failed")
+STATUSES = ("pending", "running", "done", "failed", "interrupted")  # = xbench.rundir.STATUSES
 AVG = "avg"
 DELTA = "delta_vs_gold"
 NO_TEACHER = "none"
