@@ -190,3 +190,10 @@ def test_help_starts_with_usage_and_lists_names(
     assert out.startswith(f"usage: python -m xbench.{entry}")
     for name in names:
         assert name in out, f"--help of xbench.{entry} does not list {name}"
+
+
+def test_every_experiment_passes_validation() -> None:
+    """The schema is not stricter than the configs we ship: every job of every experiment."""
+    for exp in sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")):
+        jobs = sweep.preflight([f"+experiment={exp}", "plan=true"])
+        assert jobs, exp
