@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from engine_utils import REPO
 
 SMALL = ["+experiment=mini_smoke", "+debug=ci"]
@@ -105,3 +106,23 @@ def test_ctrl_c_marks_interrupted_and_a_rerun_resumes(tmp_path: Path) -> None:
     meta = json.loads((run / "meta.json").read_text())
     assert meta["status"] == "done" and meta["attempts"] == 2
     assert meta["train"]["resumed_from"] == stopped_at, meta["train"]
+
+
+@pytest.mark.slow
+def test_cell_jobs_stop_when_the_sweep_is_killed(tmp_path: Path) -> None:
+    slow = ["cell=ce", "train.steps=30", "train.ckpt_every=2", "train.debug_sleep_s=1.0"]
+    sweep = tmp_path / "out" / "mini_smoke"
+    cmd = [sys.executable, "-m", "xbench.sweep", *SMALL, *slow]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (ckpts := list(sweep.glob("*/checkpoints/step_00000002.pt"))):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)  # no handler runs: only the cell's watchdog can notice
+    proc.wait()
+    marker = str(sweep / ".submitit")
+    while _cell_processes(marker) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _cell_processes(marker), "a cell job outlived its SIGKILLed sweep"
+    meta = json.loads((ckpts[0].parent.parent / "meta.json").read_text())
+    assert meta["status"] == "interrupted", meta
