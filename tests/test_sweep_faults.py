@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from engine_utils import REPO
 
+from xbench.rundir import lock
+
 SMALL = ["+experiment=mini_smoke", "+debug=ci"]
 
 
@@ -35,20 +37,23 @@ def _sweep(tmp: Path, *args: str, timeout: float = 600) -> subprocess.CompletedP
 
 def test_failed_cells_exit_1_with_one_failed_line_each(tmp_path: Path) -> None:
     # A learning rate of 1e30 is valid config but blows the weights up: the loss turns
-    # non-finite at the second step, a real failure inside each cell job.
-    proc = _sweep(tmp_path, "optim.lr=1e30")
+    # non-finite at the second step, a real failure inside the cell job. The other cell's run
+    # directory is locked by this test process, as by a concurrent writer: that job is refused.
+    sweep = tmp_path / "out" / "mini_smoke"
+    # Run directories are named by the job's overrides, as Hydra renders them.
+    locked = sweep / "+debug=ci,cell=kd-C,optim.lr=1e+30"
+    with lock(locked / ".lock", "test"):
+        proc = _sweep(tmp_path, "optim.lr=1e30")
     assert proc.returncode == 1, proc.stderr[-3000:]
-    failed = [line for line in proc.stderr.splitlines() if line.startswith("FAILED ")]
+    failed = sorted(line for line in proc.stderr.splitlines() if line.startswith("FAILED "))
     assert len(failed) == 2, proc.stderr[-3000:]
-    for cell, line in zip(("ce", "kd-C"), sorted(failed), strict=True):
-        assert line.startswith(f"FAILED cell={cell} status=failed run_dir=")
-        assert "NonFiniteLoss" in line
-    summary = json.loads((tmp_path / "out" / "mini_smoke" / "sweep_summary.json").read_text())
-    # Run directories are named by the job's overrides: +debug=ci,cell=ce,optim.lr=1e+30
-    assert sorted(n.split(",")[1] for n in summary["statuses"]["failed"]) == [
-        "cell=ce",
-        "cell=kd-C",
-    ]
+    assert failed[0].startswith("FAILED cell=ce status=failed run_dir=")
+    assert "NonFiniteLoss" in failed[0]
+    assert failed[1].startswith(f"FAILED cell=kd-C status=locked run_dir={locked}: ")
+    assert f"is being written by pid {os.getpid()}" in failed[1]
+    assert not (locked / "meta.json").exists(), "the refused job wrote into the locked run dir"
+    summary = json.loads((sweep / "sweep_summary.json").read_text())
+    assert [n.split(",")[1] for n in summary["statuses"]["failed"]] == ["cell=ce"]
 
 
 def _cell_processes(marker: str) -> list[int]:

@@ -78,7 +78,12 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
                 stack.enter_context(rd.lock())
             except Locked as exc:
                 log.error("cell %s not run: %s", run_dir.name, exc)
-                return {"status": "locked", "run_dir": str(run_dir), "error": str(exc)}
+                return {
+                    "status": "locked",
+                    "run_dir": str(run_dir),
+                    "error": str(exc),
+                    "cell": cell,
+                }
         return _run_locked(cfg, resolved, cell, rd, main_rank)
 
 
@@ -378,6 +383,9 @@ def _run(argv: list[str]) -> int:
     # A cell that did not finish is reported (meta.json and the leaderboard) and makes the
     # sweep exit 1, one line per cell.
     bad = _not_done(sweep_dir, since)
+    returns = sweep_dir / "job_returns.json"
+    if returns.exists() and returns.stat().st_mtime >= since:
+        bad += [r for r in json.loads(returns.read_text()) if r.get("status") == "locked"]
     for m in bad:
         reason = (m.get("error") or m.get("status") or "").splitlines()
         print(

@@ -74,4 +74,16 @@ class XbenchSweeper(BasicSweeper):
             HydraConfig.instance().set_config(self.config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        return super().sweep(arguments)
+        returns = super().sweep(arguments)
+        assert self.config is not None
+        if not self.config.get("plan"):
+            # What each job returned (run_cell's status dict), for xbench.sweep's exit status:
+            # a job refused by a run-directory lock writes no meta.json to find it by.
+            from xbench.io import write_json
+
+            values = [r.return_value for batch in returns for r in batch]
+            write_json(
+                Path(str(self.config.hydra.sweep.dir)) / "job_returns.json",
+                [v for v in values if isinstance(v, dict)],
+            )
+        return returns
