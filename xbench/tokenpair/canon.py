@@ -66,6 +66,7 @@ _KNOWN_ROLES: dict[str, str] = {
     "<|end_header_id|>": "header_end",
     "<|eom_id|>": "message_end",
     "<|python_tag|>": "tool_call",
+    "<|tool_call|>": "tool_call",
     "<|fim_prefix|>": "fim_prefix",
     "<fim_prefix>": "fim_prefix",
     "<|fim_middle|>": "fim_middle",
