@@ -61,8 +61,8 @@ def run_pair(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
             sample_size, seed, rank, reverse_pass, threshold, align_method).
 
     Returns:
-        ``{"teachers": {name: audit report}, "table8": markdown}``; each report is also written
-        to ``out_dir/<student>__<teacher>/pair_audit.{json,md}``, the table to
+        ``{"teachers": {short name: audit report}, "table8": markdown}``; each report is also
+        written to ``out_dir/<student>__<teacher>/pair_audit.{json,md}``, the table to
         ``out_dir/<student>__table8.{md,json}``.
     """
     from xbench.assets import load_tokenizer
@@ -78,11 +78,13 @@ def run_pair(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         # Name the pair by the config's names, not the cache paths the tokenizers came from.
         report["student"]["name"], report["teacher"]["name"] = c["student"], name
         report["config"] = {**c, "teacher": name}
-        reports[name] = report
+        # Keyed (and titled in Table 8) by the short name: a directory's base name, a Hub id's
+        # model part.
+        reports[_slug(name)] = report
         pair_dir = out / f"{_slug(c['student'])}__{_slug(name)}"
         write_json(pair_dir / "pair_audit.json", report)
         write_text(pair_dir / "pair_audit.md", render_markdown(report))
-    table = render_table8(c["student"], reports)
+    table = render_table8(_slug(c["student"]), reports)
     stem = out / f"{_slug(c['student'])}__table8"
     write_text(stem.with_suffix(".md"), table)
     write_json(

@@ -452,7 +452,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         cells = [f"{row[key]:,} / {row['total']:,}" for key in ("gold_trl", "gold_canonical")]
         cells.append(f"{row['hkl_relaxed']:,} / {row['total']:,}")
         lines.append(f"| {row['title']} | " + " | ".join(cells) + " |")
-    lines += ["", *table8_lines({t["name"]: report}), ""]
+    short = str(t["name"]).rstrip("/").rsplit("/", 1)[-1]  # a directory or Hub id: last part
+    lines += ["", *table8_lines({short: report}), ""]
     num = report["numerals"]
     lines += ["", "## Numerals", ""]
     lines.append(
