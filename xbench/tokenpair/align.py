@@ -9,9 +9,13 @@ Two aligners produce the same output (:class:`~xbench.tokenpair.types.SeqAlignme
   vectorized over a whole batch (flat numpy arrays, sequences separated by a position stride).
 - ``"dp"``: the X-Token paper's dynamic programme over canonical tokens (1:1 +3 / -3, 1:k and k:1
   for k = 2..4 scoring 1.5·k when the single token equals the concatenated span, gap -1.5), cut
-  at unique-trigram anchors so each DP stays local. Consecutive non-exact steps are merged into
-  one region: a valid N:M chunk when both sides spell the same text, otherwise an invalid chunk
-  (kept, masked out of the loss); special tokens inside such regions become gaps.
+  at unique-trigram anchors so each DP stays local. Works from ids alone: a step is exact only
+  when both sides also start and end at the same position of the text (a special written inside
+  the text counts its content, a post-processor's BOS/EOS nothing, non-NFC text is measured in
+  NFC), so equal tokens at different places are never paired. Consecutive non-exact steps are
+  merged into one region: a valid N:M chunk when both sides spell the same text, otherwise an
+  invalid chunk (kept, masked out of the loss); a special written inside the text joins its
+  region's chunk (invalid), a zero-width special is a gap.
 
 Zero-width tokens (a BOS or EOS added by a post-processor) are one-sided gaps (chunk -1) unless
 the other side has zero-width tokens of the same canonical role at the same text boundary, in which
