@@ -98,19 +98,14 @@ def test_long_text_keeps_every_exact_pair(llama_qwen) -> None:
 
 @pytest.fixture(scope="module")
 def fuzz_pairs():
-    """Per teacher: private tokenizer copies (their post-processors are switched per mode), one
-    aligner per special-token mode, and the character filter for unspellable bytes."""
-    out = {}
+    """Per teacher: an aligner over private tokenizer copies (their post-processors are switched
+    per example) and the character filter for bytes the teacher cannot spell."""
     student = load_tokenizer("llama3")
-    for name in TEACHERS:
-        teacher = load_tokenizer(name)
-        aligners = {}
-        for mode in SPECIAL_MODES:
-            set_special_mode(student, mode)
-            set_special_mode(teacher, mode)
-            aligners[mode] = TokenizerPairAligner(student, teacher)
-        out[name] = (student, teacher, aligners, spellable(teacher))
-    return out
+    return {
+        name: (aligner, spellable(aligner.teacher_tokenizer))
+        for name in TEACHERS
+        for aligner in [TokenizerPairAligner(student, load_tokenizer(name))]
+    }
 
 
 _FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
@@ -118,14 +113,15 @@ _FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=list(Hea
 
 @pytest.mark.parametrize("teacher", TEACHERS)
 def test_dp_matches_offset_on_mixed_texts(fuzz_pairs, teacher: str) -> None:
-    student, tok, aligners, ok = fuzz_pairs[teacher]
+    aligner, ok = fuzz_pairs[teacher]
 
     @_FUZZ
     @given(mixed_texts(ok), st.sampled_from(SPECIAL_MODES))
     def run(text: str, mode: str) -> None:
-        set_special_mode(student, mode)
-        set_special_mode(tok, mode)
-        got = check_dp(aligners[mode], text)
+        set_special_mode(aligner.student_tokenizer, mode)
+        set_special_mode(aligner.teacher_tokenizer, mode)
+        aligner.refresh_added_specials()
+        got = check_dp(aligner, text)
         assert got.errors == 0, got
 
     run()

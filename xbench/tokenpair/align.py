@@ -90,12 +90,17 @@ class TokenizerPairAligner:
         # adds (zero-width): the DP's position line needs both (see align_dp).
         self._s_content = _special_contents(student_tokenizer, s_table.special)
         self._t_content = _special_contents(teacher_tokenizer, t_table.special)
-        self._s_added = _added_specials(student_tokenizer)
-        self._t_added = _added_specials(teacher_tokenizer)
+        self.refresh_added_specials()
         self._normalizes = any(
             tok.backend_tokenizer.normalizer is not None
             for tok in (student_tokenizer, teacher_tokenizer)
         )
+
+    def refresh_added_specials(self) -> None:
+        """Re-read which special ids each post-processor adds around a text (the DP counts them
+        zero-width); call after changing a tokenizer's post-processor."""
+        self._s_added = _added_specials(self.student_tokenizer)
+        self._t_added = _added_specials(self.teacher_tokenizer)
 
     def encode(self, texts: Sequence[str]) -> tuple[list[np.ndarray], ...]:
         """Tokenize texts with both tokenizers (batched) and return ids and offsets as numpy.
