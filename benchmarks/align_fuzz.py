@@ -48,7 +48,8 @@ def fuzz_pair(teacher: str, n_texts: int, seed: int = 0) -> tuple[DpCheck, list[
     """
     s_tok, t_tok = load_tokenizer("llama3"), load_tokenizer(teacher)  # private copies: mutated
     ok_s, ok_t = spellable(s_tok), spellable(t_tok)
-    ok = ok_t if ok_s is None else ok_s
+    checks = [f for f in (ok_s, ok_t) if f is not None]
+    ok = (lambda ch: all(f(ch) for f in checks)) if checks else None
     total, bad = DpCheck(), []
     per_mode = -(-n_texts // len(SPECIAL_MODES))
     for k, mode in enumerate(SPECIAL_MODES):
