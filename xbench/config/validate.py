@@ -438,8 +438,15 @@ def validate_pair(cfg: DictConfig | dict[str, Any]) -> None:
     for f in dataclasses.fields(PairConf):
         if f.name not in c:
             raise ConfigError(f.name, f"{f.name} is missing: start from conf/pair.yaml.")
-    check_group("", c, PairConf)
-    for side in ("student", "teacher"):
-        if not c[side]:
-            raise ConfigError(side, f"{side} is empty: name a tokenizer (llama3, qwen3, smollm2).")
-        check_source(side, c[side], "tokenizer", check_hub=True)
+    # ``teacher`` may be one tokenizer or a list of them (one Table-8 column each).
+    teachers = c["teacher"] if isinstance(c["teacher"], list) else [c["teacher"]]
+    check_group("", {**c, "teacher": ",".join(map(str, teachers))}, PairConf)
+    if not teachers:
+        raise ConfigError("teacher", "teacher is empty: name a tokenizer (llama3, qwen3, ...).")
+    for side, names in (("student", [c["student"]]), ("teacher", teachers)):
+        for name in names:
+            if not name:
+                raise ConfigError(
+                    side, f"{side} is empty: name a tokenizer (llama3, qwen3, smollm2)."
+                )
+            check_source(side, str(name), "tokenizer", check_hub=True)

@@ -9,9 +9,13 @@ Two aligners produce the same output (:class:`~xbench.tokenpair.types.SeqAlignme
   vectorized over a whole batch (flat numpy arrays, sequences separated by a position stride).
 - ``"dp"``: the X-Token paper's dynamic programme over canonical tokens (1:1 +3 / -3, 1:k and k:1
   for k = 2..4 scoring 1.5·k when the single token equals the concatenated span, gap -1.5), cut
-  at unique-trigram anchors so each DP stays local. Consecutive non-exact steps are merged into
-  one region: a valid N:M chunk when both sides spell the same text, otherwise an invalid chunk
-  (kept, masked out of the loss); special tokens inside such regions become gaps.
+  at unique-trigram anchors so each DP stays local. Works from ids alone: a step is exact only
+  when both sides also start and end at the same position of the text (a special written inside
+  the text counts its content, a post-processor's BOS/EOS nothing, non-NFC text is measured in
+  NFC), so equal tokens at different places are never paired. Consecutive non-exact steps are
+  merged into one region: a valid N:M chunk when both sides spell the same text, otherwise an
+  invalid chunk (kept, masked out of the loss); a special written inside the text joins its
+  region's chunk (invalid), a zero-width special is a gap.
 
 Zero-width tokens (a BOS or EOS added by a post-processor) are one-sided gaps (chunk -1) unless
 the other side has zero-width tokens of the same canonical role at the same text boundary, in which
@@ -82,10 +86,21 @@ class TokenizerPairAligner:
         self._s_keys = _dp_keys(s_table.canonical, s_table.raw_bytes, s_table.special)
         self._t_keys = _dp_keys(t_table.canonical, t_table.raw_bytes, t_table.special)
         self._s_bytes, self._t_bytes = s_table.raw_bytes, t_table.raw_bytes
+        # What a special spells when written inside the text, and which ones the post-processor
+        # adds (zero-width): the DP's position line needs both (see align_dp).
+        self._s_content = _special_contents(student_tokenizer, s_table.special)
+        self._t_content = _special_contents(teacher_tokenizer, t_table.special)
+        self.refresh_added_specials()
         self._normalizes = any(
             tok.backend_tokenizer.normalizer is not None
             for tok in (student_tokenizer, teacher_tokenizer)
         )
+
+    def refresh_added_specials(self) -> None:
+        """Re-read which special ids each post-processor adds around a text (the DP counts them
+        zero-width); call after changing a tokenizer's post-processor."""
+        self._s_added = _added_specials(self.student_tokenizer)
+        self._t_added = _added_specials(self.teacher_tokenizer)
 
     def encode(self, texts: Sequence[str]) -> tuple[list[np.ndarray], ...]:
         """Tokenize texts with both tokenizers (batched) and return ids and offsets as numpy.
@@ -219,7 +234,14 @@ class TokenizerPairAligner:
         return _align_flat(s, t, n, forbidden, force_slow)
 
     def align_dp(self, student_ids, teacher_ids) -> SeqAlignment:
-        """Align one sequence pair with the paper's anchored DP over canonical tokens."""
+        """Align one sequence pair with the paper's anchored DP over canonical tokens.
+
+        Works from ids alone. A special token counts as written inside the text (it spells its
+        content, e.g. ``<|im_start|>`` in a chat transcript) unless it is one the tokenizer's
+        post-processor adds at that end of the sequence (a BOS, an appended EOS), which is
+        zero-width. Ids cannot tell a literal ``<|begin_of_text|>`` at the very start from an
+        added one; such a text degrades to one invalid chunk, never to a wrong pair.
+        """
         s_ids = [int(i) for i in np.asarray(student_ids).reshape(-1)]
         t_ids = [int(i) for i in np.asarray(teacher_ids).reshape(-1)]
         for name, ids, keys in (("student", s_ids, self._s_keys), ("teacher", t_ids, self._t_keys)):
@@ -228,12 +250,56 @@ class TokenizerPairAligner:
                     f"{name}_ids holds ids outside [0, {len(keys)}); pass ids of the {name} "
                     "tokenizer."
                 )
+        s_bytes = [self._s_bytes[i] for i in s_ids]
+        t_bytes = [self._t_bytes[i] for i in t_ids]
         return align_dp(
             [self._s_keys[i] for i in s_ids],
             [self._t_keys[i] for i in t_ids],
-            [self._s_bytes[i] for i in s_ids],
-            [self._t_bytes[i] for i in t_ids],
+            s_bytes,
+            t_bytes,
+            _spelled(s_ids, s_bytes, self._s_content, self._s_added),
+            _spelled(t_ids, t_bytes, self._t_content, self._t_added),
         )
+
+
+def _special_contents(tokenizer, special: list[bool]) -> dict[int, bytes]:
+    """UTF-8 content of every special id (what it spells when written inside a text)."""
+    added = tokenizer.added_tokens_decoder
+    out = {}
+    for i, is_special in enumerate(special):
+        if is_special:
+            tok = added.get(i)
+            content = tok.content if tok is not None else tokenizer.convert_ids_to_tokens(i)
+            out[i] = str(content).encode("utf-8")
+    return out
+
+
+def _added_specials(tokenizer) -> tuple[list[int], list[int]]:
+    """Ids the post-processor puts before and after a text (e.g. Llama-3's BOS), from a probe."""
+    probe = "a b"
+    with_sp = list(tokenizer(probe)["input_ids"])
+    bare = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    for k in range(len(with_sp) - len(bare) + 1):
+        if with_sp[k : k + len(bare)] == bare:
+            return with_sp[:k], with_sp[k + len(bare) :]
+    return [], []
+
+
+def _spelled(
+    ids: list[int],
+    raw: list[bytes | None],
+    content: dict[int, bytes],
+    added: tuple[list[int], list[int]],
+) -> list[bytes]:
+    """Bytes each token occupies in the text: true bytes for text, content for a special written
+    inside the text, nothing for the specials the post-processor added at either end."""
+    out = [r if r is not None else content.get(i, b"") for i, r in zip(ids, raw, strict=True)]
+    prefix, suffix = added
+    if prefix and ids[: len(prefix)] == prefix:
+        out[: len(prefix)] = [b""] * len(prefix)
+    if suffix and len(ids) >= len(prefix) + len(suffix) and ids[-len(suffix) :] == suffix:
+        out[len(out) - len(suffix) :] = [b""] * len(suffix)
+    return out
 
 
 _ALIGNERS: dict[tuple[int, int], tuple[object, object, TokenizerPairAligner]] = {}

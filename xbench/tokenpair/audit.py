@@ -4,12 +4,10 @@ The X-Token paper picks the loss per teacher from a one-off coverage audit (its 
 critical student tokens (numerals) have no partner in the common set, a partitioned loss pushes
 their probability down whatever the ground truth (the paper's Proposition 1), so the pair needs
 P-KL; if the partition is sound, H-KL. ``audit_pair`` computes the numbers behind that choice and
-``render_markdown`` writes them as a report. Definitions used (also stated in the report):
+``render_markdown`` writes them as a report; ``render_table8`` puts several teachers side by side
+with the paper's published values. The class definitions are in ``CLASS_DEFINITIONS`` and every
+report prints them. Other definitions:
 
-- token classes are over the student's non-special tokens, by canonical string: 1/2/3-digit
-  numerals are exactly that many ASCII digits (no leading space); ASCII punctuation and alphabetic
-  tokens may carry one leading space, then consist only of ``string.punctuation`` / ASCII letters;
-  multi-byte tokens hold any byte >= 0x80 (a UTF-8 fragment included);
 - a class member is *covered* by a set when its id is one of the set's student ids;
 - GOLD's set is the 1-to-1 exact set (TRL semantics = raw ``get_vocab`` strings, canonical =
   ``canonical_vocab`` strings); H-KL's relaxed set is ``relaxed_common_pairs(W, 0.6)``, i.e. after
@@ -33,16 +31,63 @@ from xbench.tokenpair.projection import (
     tokenizer_fingerprint,
 )
 
-__all__ = ["TOKEN_CLASSES", "audit_pair", "render_markdown", "token_classes"]
+__all__ = [
+    "CLASS_DEFINITIONS",
+    "PAPER_TABLE8",
+    "TOKEN_CLASSES",
+    "audit_pair",
+    "render_markdown",
+    "render_table8",
+    "token_classes",
+]
 
-TOKEN_CLASSES = ("digit1", "digit2", "digit3", "punct", "alpha", "multibyte")
+TOKEN_CLASSES = (
+    "digit1",
+    "digit2",
+    "digit3",
+    "punct_single",
+    "punct_space",
+    "punct_multi",
+    "alpha",
+    "multibyte",
+)
 _CLASS_TITLES = {
     "digit1": "1-digit numerals",
     "digit2": "2-digit numerals",
     "digit3": "3-digit numerals",
-    "punct": "ASCII punctuation",
+    "punct": "ASCII punctuation, all forms",
+    "punct_single": "ASCII punctuation, single character",
+    "punct_space": "ASCII punctuation, space + one character",
+    "punct_multi": "ASCII punctuation, multi-character",
     "alpha": "alphabetic (ASCII)",
     "multibyte": "multi-byte",
+}
+# Every class is over the student's non-special tokens, by canonical string (true bytes), and
+# the classes are disjoint; "punct" is the union of the three punctuation classes.
+CLASS_DEFINITIONS = {
+    "digit1": "exactly 1 ASCII digit, no leading space",
+    "digit2": "exactly 2 ASCII digits, no leading space",
+    "digit3": "exactly 3 ASCII digits, no leading space",
+    "punct": "the three punctuation rows below together",
+    "punct_single": "exactly one character of Python's string.punctuation (32 in all)",
+    "punct_space": "a space followed by exactly one string.punctuation character",
+    "punct_multi": "two or more string.punctuation characters, optionally after one space",
+    "alpha": "one or more ASCII letters, optionally after one space",
+    "multibyte": "any token holding a byte >= 0x80 (a UTF-8 fragment included)",
+}
+# The paper's Table 8 (covered / total under GOLD's common set), as far as xbench's sources
+# quote it: the numeral rows for both teachers and the punctuation row for Qwen3. Rows missing
+# here print "n/a" rather than a guess.
+PAPER_TABLE8: dict[str, dict[str, tuple[int, int]]] = {
+    "Qwen3-4B": {"digit2": (0, 100), "digit3": (0, 1000), "punct": (88, 88)},
+    "Phi-4-mini": {"digit2": (100, 100), "digit3": (1000, 1000)},
+}
+# Which paper teacher an xbench tokenizer name stands for (same tokenizer family).
+PAPER_TEACHER = {"qwen3": "Qwen3-4B", "phi4like": "Phi-4-mini"}
+# Rows the paper defines differently from xbench, said beside the numbers.
+PAPER_ROW_NOTES = {
+    "punct": "the paper counts 88 punctuation tokens without stating its definition; xbench "
+    "counts every punctuation-only token of the student, so the totals differ",
 }
 _PUNCT = frozenset(string.punctuation)
 _ASCII_LETTERS = frozenset(string.ascii_letters)
@@ -73,7 +118,12 @@ def token_classes(tokenizer: Any) -> dict[str, np.ndarray]:
             continue
         body = text[1:] if text.startswith(" ") and len(text) > 1 else text
         if all(ch in _PUNCT for ch in body):
-            members["punct"].append(i)
+            if len(text) == 1:
+                members["punct_single"].append(i)
+            elif len(body) == 1:
+                members["punct_space"].append(i)
+            else:
+                members["punct_multi"].append(i)
         elif all(ch in _ASCII_LETTERS for ch in body):
             members["alpha"].append(i)
     return {name: np.asarray(ids, dtype=np.int64) for name, ids in members.items()}
@@ -129,9 +179,19 @@ def audit_pair(
         "hkl_relaxed": relaxed_common_pairs(proj, threshold)[0].numpy(),
     }
     classes = token_classes(student_tok)
+    classes = {
+        "digit1": classes["digit1"],
+        "digit2": classes["digit2"],
+        "digit3": classes["digit3"],
+        "punct": np.concatenate(
+            [classes[k] for k in ("punct_single", "punct_space", "punct_multi")]
+        ),
+        **{k: v for k, v in classes.items() if not k.startswith("digit")},
+    }
     coverage = {
         name: {
             "title": _CLASS_TITLES[name],
+            "definition": CLASS_DEFINITIONS[name],
             "total": len(ids),
             **{key: int(np.isin(ids, members).sum()) for key, members in sets.items()},
         }
@@ -306,6 +366,62 @@ def _recommend(report: dict[str, Any], n_critical: int) -> dict[str, str]:
     return {"method": "hkl", "reason": reason}
 
 
+def table8_lines(reports: dict[str, dict[str, Any]]) -> list[str]:
+    """The paper's Table 8 for one student and several teachers: GOLD common-set coverage
+    (TRL semantics, which is GOLD's), one column per teacher, the paper's published value beside
+    each teacher it studied, then the class definitions."""
+    names = list(reports)
+    paper = {n: PAPER_TABLE8.get(PAPER_TEACHER.get(n, "")) for n in names}
+    head = ["class"]
+    for n in names:
+        head.append(f"{n} (xbench)")
+        if paper[n] is not None:
+            head.append(f"{PAPER_TEACHER[n]} (paper)")
+    lines = [
+        "## Table 8: coverage by GOLD's common set (covered / total)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    first = reports[names[0]]["coverage"]
+    for key, row in first.items():
+        cells = [row["title"]]
+        for n in names:
+            r = reports[n]["coverage"][key]
+            cells.append(f"{r['gold_trl']:,} / {r['total']:,}")
+            if paper[n] is not None:
+                pv = paper[n].get(key)
+                cells.append("n/a" if pv is None else f"{pv[0]:,} / {pv[1]:,}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Class definitions (student tokens, special tokens excluded, classes disjoint):",
+        "",
+    ]
+    lines += [f"- {row['title']}: {row['definition']}" for row in first.values()]
+    lines += [
+        f"- {_CLASS_TITLES[k]} differs from the paper: {note}"
+        for k, note in PAPER_ROW_NOTES.items()
+    ]
+    lines.append(
+        "- paper values are those xbench's sources quote (n/a: not quoted); a teacher without a "
+        "paper column is not one the paper studied"
+    )
+    return lines
+
+
+def render_table8(student: str, reports: dict[str, dict[str, Any]]) -> str:
+    """Markdown report of :func:`table8_lines` for ``student`` and the teachers' audit reports
+    (keyed by teacher name), with each teacher's recommendation."""
+    lines = [f"# Table 8 for student {student}", ""]
+    lines += table8_lines(reports)
+    lines += ["", "## Recommendations", ""]
+    for n, rep in reports.items():
+        rec = rep["recommendation"]
+        lines.append(f"- {n}: **{rec['method'].upper()}** ({rec['reason']})")
+    return "\n".join(lines) + "\n"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """Human-readable report (the JSON is the source of truth)."""
     s, t, v = report["student"], report["teacher"], report["vocab"]
@@ -327,7 +443,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"({report['relaxed']['share_of_student_rows']:.1%}), "
         f"{report['relaxed']['pairs_after_collisions']:,} pairs after collisions",
         "",
-        "## Coverage of student token classes (covered / total, paper Table 8)",
+        "## Coverage of student token classes (covered / total)",
         "",
         "| class | GOLD (TRL) | GOLD (canonical) | H-KL relaxed |",
         "|---|---|---|---|",
@@ -336,6 +452,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         cells = [f"{row[key]:,} / {row['total']:,}" for key in ("gold_trl", "gold_canonical")]
         cells.append(f"{row['hkl_relaxed']:,} / {row['total']:,}")
         lines.append(f"| {row['title']} | " + " | ".join(cells) + " |")
+    short = str(t["name"]).rstrip("/").rsplit("/", 1)[-1]  # a directory or Hub id: last part
+    lines += ["", *table8_lines({short: report}), ""]
     num = report["numerals"]
     lines += ["", "## Numerals", ""]
     lines.append(

@@ -66,6 +66,7 @@ _KNOWN_ROLES: dict[str, str] = {
     "<|end_header_id|>": "header_end",
     "<|eom_id|>": "message_end",
     "<|python_tag|>": "tool_call",
+    "<|tool_call|>": "tool_call",
     "<|fim_prefix|>": "fim_prefix",
     "<fim_prefix>": "fim_prefix",
     "<|fim_middle|>": "fim_middle",
@@ -276,7 +277,9 @@ def _build_table(tokenizer) -> TokenTable:
 def _piece_bytes(piece: str, kind: str, literal: bool, latin1: dict[int, int]) -> bytes:
     """True bytes of one vocabulary piece given the tokenizer family."""
     if literal:
-        return piece.encode("utf-8")
+        # Gemma-3's whitespace-run added tokens ("▁▁", ...) match text whose spaces its
+        # normalizer turned into "▁": they spell spaces, like its vocabulary pieces.
+        return (piece.replace("▁", " ") if kind == "sentencepiece" else piece).encode("utf-8")
     if kind == "byte_level":
         mapped = piece.translate(latin1)
         try:

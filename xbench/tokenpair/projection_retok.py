@@ -78,12 +78,15 @@ def _retokenize(src: _Side, dst: _Side, skip: np.ndarray) -> list[list[int]]:
     encodings = _encoder(dst).encode_batch_fast(texts, add_special_tokens=False)
     for i, enc in zip(text_ids, encodings, strict=True):
         out[i] = [t for t in enc.ids if not dst.special[t]]
+    # One vocabulary dict for all fragments: get_vocab() rebuilds it (262k entries for Gemma-3)
+    # on every call.
+    vocab = dst.tok.get_vocab() if byte_ids and dst.kind == "sentencepiece" else {}
     for i in byte_ids:
-        out[i] = _bytes_pieces(src.raw[i], dst)
+        out[i] = _bytes_pieces(src.raw[i], dst, vocab)
     return out
 
 
-def _bytes_pieces(data: bytes, dst: _Side) -> list[int]:
+def _bytes_pieces(data: bytes, dst: _Side, vocab: dict[str, int]) -> list[int]:
     """Destination pieces for a UTF-8 fragment (bytes with no text of their own).
 
     Byte-level BPE runs its merges on the fragment's byte string; SentencePiece uses its
@@ -96,7 +99,6 @@ def _bytes_pieces(data: bytes, dst: _Side) -> list[int]:
         model = dst.tok.backend_tokenizer.model
         return [t.id for t in model.tokenize("".join(table[b] for b in data))]
     if dst.kind == "sentencepiece":
-        vocab = dst.tok.get_vocab()
         ids = [vocab.get(f"<0x{b:02X}>") for b in data]
         return [] if None in ids else ids
     return []
