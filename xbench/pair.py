@@ -124,10 +124,12 @@ def _help() -> str:
     from xbench.assets import OFFLINE_TOKENIZERS
 
     return (
-        "usage: python -m xbench.pair student=TOKENIZER teacher=TOKENIZER|[T1,T2,...] [key=value ...]\n"
+        "usage: python -m xbench.pair student=TOKENIZER teacher=TOKENIZER|[T1,T2,...]\n"
+        "       [key=value ...]\n"
         "  Audits a tokenizer pair (W, alignment and numeral statistics on a GSM8K sample) and\n"
         "  writes out_dir/<student>__<teacher>/pair_audit.{json,md} with a loss recommendation\n"
-        "  (P-KL or H-KL), and one Table-8 view with a column per teacher (out_dir/<student>__table8.md).\n"
+        "  (P-KL or H-KL), and one Table-8 view with a column per teacher\n"
+        "  (out_dir/<student>__table8.md).\n"
         f"  TOKENIZER: an offline asset ({', '.join(OFFLINE_TOKENIZERS)}), a directory or a Hub"
         " id.\n"
         "  keys (conf/pair.yaml): out_dir, sample_size, seed, rank, reverse_pass, threshold,\n"
