@@ -152,12 +152,17 @@ class Session:
         return logs, n_tokens
 
     def optimizer_step(self) -> torch.Tensor:
-        """Clip the student's gradients (never W's), step, schedule, zero; returns the norm."""
+        """Clip the student's gradients (never W's), step, schedule, zero; returns the norm.
+
+        W lives outside the DDP/FSDP wrapper, so its gradient is averaged over ranks here: each
+        rank then applies the same update to the same values and the copies stay bit-identical.
+        """
         norm = torch.nn.utils.clip_grad_norm_(
             self.student.parameters(), float(self.cfg.optim.grad_clip)
         )
         self.opt.step()
         if self.opt_w is not None:
+            distributed.average_grads(self.objective.w_parameters())
             self.opt_w.step()
             self.opt_w.zero_grad(set_to_none=True)
         self.sched.step()
@@ -213,7 +218,7 @@ class Session:
 def build_session(cfg: DictConfig) -> Session:
     """Load models and data, build W and the optimizer for the resolved cell ``cfg``."""
     tc, oc = cfg.train, cfg.optim
-    info = distributed.init_distributed(tc.device)
+    info = distributed.init_distributed(tc.device, tc.get("dist_timeout_s"))
     torch.manual_seed(cfg.seed)
     if tc.get("threads"):
         torch.set_num_threads(int(tc.threads))

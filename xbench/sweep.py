@@ -107,8 +107,9 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
                 },
                 scores={k: v["value"] for k, v in results["tasks"].items()},
             )
-        distributed.barrier()
-        if resolved.train.get("delete_checkpoints_when_done"):
+        # train() has left the process group: no barrier here, and only rank 0 (which may
+        # still read the final checkpoint to evaluate) deletes checkpoints.
+        if is_main and resolved.train.get("delete_checkpoints_when_done"):
             for p in rd.ckpt_dir.glob("*.pt"):
                 p.unlink()
         return {"status": "done", "run_dir": str(run_dir)}

@@ -104,6 +104,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     "train/peak_mem_mb": _peak_mb(sess.info.device),
                 }
             )
+            if sess.opt_w is not None and sess.info.world_size > 1:
+                # A collective on every rank (log_now is the same everywhere): 0.0 means W is
+                # bit-identical across ranks.
+                rec["train/w_rank_diff"] = distributed.max_rank_diff(
+                    sess.objective.w_parameters()
+                )
             logger.log(step + 1, rec)
         logger.advance()
         done = step + 1 == steps
@@ -119,6 +125,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             raise SystemExit(f"stopped by SIGTERM after step {step + 1}; resume to continue.")
     logger.close()
     signal.signal(signal.SIGTERM, prev)
+    # The last collective was the final checkpoint's barrier. Every rank now leaves the process
+    # group, so rank 0 evaluates alone (from the unwrapped student, or the gathered checkpoint
+    # under FSDP) and no rank waits in a collective whose timeout an evaluation could outlast.
+    distributed.cleanup()
     return {
         "steps": steps,
         "final_loss": last_loss,
