@@ -110,6 +110,13 @@ def max_rank_diff(params: Sequence[torch.Tensor]) -> float:
     return float(diff)
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Maximum of a tensor over ranks in place (no-op on one rank)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
