@@ -25,7 +25,7 @@ from xbench.data import Collator, PairDataset
 from xbench.io import read_jsonl
 from xbench.models import load_tokenizer
 
-SHARDS, DOCS = 4, 24  # documents per shard
+SHARDS, DOCS = 4, 12  # documents per shard
 
 
 def _corpus(root: Path, fmt: str = "parquet") -> Path:
@@ -46,9 +46,8 @@ def _corpus(root: Path, fmt: str = "parquet") -> Path:
 
 def _data_overrides(root: Path, ext: str = "parquet") -> list[str]:
     return [
-        "data.source=shards",
+        "data=shards",
         f"data.files={root}/*.{ext}",
-        "+data.text_field=text",
         "data.seq_len=48",
         "data.num_workers=2",
     ]
@@ -89,6 +88,34 @@ def test_two_ranks_two_workers_read_every_document_once_per_epoch(tmp_path: Path
     ]
 
 
+def test_shard_formats_and_token_id_columns_read_the_same_documents(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from xbench.corpus import DocReader
+
+    texts = [f"Doc {i}: Mia has {i + 2} apples." for i in range(7)]
+    tok = load_tokenizer("llama3")
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    pq.write_table(pa.table({"text": texts, "tokens": ids}), tmp_path / "a.parquet")
+    with pa.ipc.new_file(tmp_path / "a.arrow", pa.schema([("text", pa.string())])) as w:
+        w.write_table(pa.table({"text": texts}))
+    with pa.ipc.new_stream(tmp_path / "s.arrow", pa.schema([("text", pa.string())])) as w:
+        w.write_table(pa.table({"text": texts}))  # the IPC stream format `datasets` writes
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    text_cfg = OmegaConf.create({"text_field": "text", "ids_field": None})
+    for name in ("a.parquet", "a.arrow", "s.arrow", "a.jsonl"):
+        assert list(DocReader(text_cfg).read(str(tmp_path / name), 0)) == texts, name
+        assert list(DocReader(text_cfg).read(str(tmp_path / name), 5)) == texts[5:], name
+    ids_cfg = OmegaConf.create({"text_field": None, "ids_field": "tokens", "detokenizer": "llama3"})
+    assert list(DocReader(ids_cfg).read(str(tmp_path / "a.parquet"), 0)) == texts
+    with pytest.raises(ValueError, match=r"data\.ids_field needs data\.detokenizer"):
+        DocReader(OmegaConf.create({"text_field": None, "ids_field": "tokens"}))
+    with pytest.raises(ValueError, match="column 'body' is not in"):
+        list(
+            DocReader(OmegaConf.create({"text_field": "body"})).read(str(tmp_path / "a.parquet"), 0)
+        )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -116,7 +143,7 @@ def test_two_rank_run_killed_mid_epoch_resumes_like_the_uninterrupted_run(tmp_pa
         "cell=ce",
         "train.device=cpu",
         "train.parallel=ddp",
-        "train.steps=12",
+        "train.steps=8",
         "train.ckpt_every=1",
         "train.keep_checkpoints=3",
         "train.log_every=1",
@@ -134,21 +161,21 @@ def test_two_rank_run_killed_mid_epoch_resumes_like_the_uninterrupted_run(tmp_pa
         start_new_session=True,
     )
     deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_00000005.pt").exists():
+    while not (killed / "checkpoints" / "step_00000003.pt").exists():
         assert proc.poll() is None, "training ended before it could be killed"
         assert time.time() < deadline, "no checkpoint within 300 s"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # torchrun, both ranks and their DataLoader workers
     proc.wait()
-    assert not (killed / "checkpoints" / "step_00000012.pt").exists()
+    assert not (killed / "checkpoints" / "step_00000008.pt").exists()
     run_module(_torchrun(*args, f"run_dir={killed}")[1:], cwd=tmp_path)
     assert max_diff(state(tmp_path / "full"), state(killed)) == 0.0
     full = read_jsonl(tmp_path / "full" / "metrics.jsonl")
     resumed = read_jsonl(killed / "metrics.jsonl")
-    assert [r["step"] for r in resumed] == [r["step"] for r in full] == list(range(1, 13))
+    assert [r["step"] for r in resumed] == [r["step"] for r in full] == list(range(1, 9))
     for key in ("train/loss", "data/epoch", "data/tokens"):
         assert [r[key] for r in resumed] == [r[key] for r in full], key
-    # The 96 documents pack ~3 to a sequence: 12 steps of 4 sequences read past one epoch, and
+    # The 48 documents pack 2 to a sequence: 8 steps of 4 sequences read past one epoch, and
     # the kill happened in epoch 0.
     epochs = [r["data/epoch"] for r in full]
-    assert epochs[4] == 0 and epochs[-1] >= 1
+    assert epochs[2] == 0 and epochs[-1] == 1

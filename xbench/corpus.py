@@ -185,7 +185,10 @@ class StreamingCorpus(IterableDataset):
         import datasets
         from datasets.distributed import split_dataset_by_node
 
-        ds = datasets.load_dataset(str(self.cfg.name), split=str(self.cfg.split), streaming=True)
+        subset = self.cfg.get("subset")
+        ds = datasets.load_dataset(
+            str(self.cfg.name), subset, split=str(self.cfg.split), streaming=True
+        )
         ds = ds.shuffle(seed=self.seed, buffer_size=int(self.cfg.get("shuffle_buffer", 10_000)))
         ds.set_epoch(epoch)
         ds = split_dataset_by_node(ds, rank=stream, world_size=self.n_streams).skip(doc0)
