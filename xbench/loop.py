@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from xbench import checkpoint, distributed
 from xbench.corpus import STREAMING_SOURCES, StreamingCorpus, StreamState
 from xbench.data import Collator, PairDataset, Side, StepBatches, load_texts, pack
+from xbench.memory import use_checkpointing
 from xbench.metrics import numeral_ids, numeral_stats
 from xbench.models import load_model, load_tokenizer
 from xbench.objective import Objective, build_teachers
@@ -267,7 +268,7 @@ def build_session(cfg: DictConfig) -> Session:
     student = load_model(cfg.student, s_tok, field="student", seed=cfg.seed, device=info.device).to(
         info.device
     )
-    if tc.get("activation_checkpointing"):
+    if use_checkpointing(cfg):
         # Keep only each decoder layer's input and recompute the rest in backward: about a
         # third more compute for a fraction of the activation memory (xbench.memory).
         student.config.use_cache = False

@@ -51,7 +51,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 def build_from_config(arch: dict[str, Any], vocab_size: int, seed: int) -> PreTrainedModel:
     """A randomly initialised Llama-architecture model (tiny models for CPU runs and tests)."""
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, **arch)
+    cfg = LlamaConfig(**{"vocab_size": vocab_size, **arch})  # arch may pad the head
     return LlamaForCausalLM(cfg)
 
 

@@ -138,6 +138,9 @@ def _print_plan(cfg: DictConfig, resolved: DictConfig, cell: dict[str, Any]) -> 
         f"cmd: {cmd}",
         flush=True,
     )
+    from xbench.memory import describe
+
+    print(f"  {describe(resolved)}", flush=True)
 
 
 class SweepCallback(Callback):
