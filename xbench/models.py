@@ -90,7 +90,8 @@ def load_model(
     device: str = "cpu",
 ) -> PreTrainedModel:
     """Load or build the model named by ``spec`` in its dtype (:func:`resolve_dtype` for
-    ``device``) and check it against its tokenizer. The model stays on the CPU."""
+    ``device``) and check it against its tokenizer. Models built from ``arch`` are created on
+    ``device`` when it is a GPU; loaded ones stay on the CPU."""
     s = _plain(spec)
     dtype = resolve_dtype(s, field, device)
     src = str(s.get("model", ""))
@@ -99,7 +100,10 @@ def load_model(
     if src == "config":
         if not s.get("arch"):
             raise ValueError(f"{field}.model is 'config' but {field}.arch is missing.")
-        model = build_from_config(dict(s["arch"]), len(tok), seed).to(dtype)
+        # Built where it will run: initialising a billions-parameter model on the CPU takes
+        # minutes, on the GPU seconds.
+        with torch.device(device if device.startswith("cuda") else "cpu"):
+            model = build_from_config(dict(s["arch"]), len(tok), seed).to(dtype)
     elif src.startswith("mini:"):
         from xbench.mini.world import mini_model
 

@@ -79,6 +79,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     # data.token_budget (student tokens over all ranks) may end the run before train.steps; the
     # learning-rate schedule still spans train.steps.
     budget = cfg.data.get("token_budget")
+    seen_epoch = sess.stream.epoch if sess.stream is not None else 0
     if _budget_spent(sess.tokens_seen, budget):
         steps = start  # a resumed run whose budget was already spent: nothing to do
     for step in range(start, steps):
@@ -86,14 +87,16 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         micro = [next(batches) for _ in range(sess.accum)]
         log_now = (step + 1) % int(tc.log_every) == 0 or step == start or step + 1 == steps
         logs, n_tokens = sess.forward_backward(micro, with_stats=log_now)
-        sess.tokens_seen += int(distributed.all_reduce_sum(torch.tensor(n_tokens)))
+        dev = sess.info.device  # NCCL reduces GPU tensors only
+        sess.tokens_seen += int(distributed.all_reduce_sum(torch.tensor(n_tokens, device=dev)))
         if sess.stream is not None:
-            epoch_before = sess.stream.epoch
             for b in micro:
                 sess.stream.consume(b)
-            epoch = int(distributed.all_reduce_max(torch.tensor(sess.stream.epoch)))
-            if epoch > epoch_before and sess.info.is_main:
+            # The highest epoch any stream of any rank has reached (streams are not in lockstep).
+            epoch = int(distributed.all_reduce_max(torch.tensor(sess.stream.epoch, device=dev)))
+            if epoch > seen_epoch and sess.info.is_main:
                 log.warning("step %d: the corpus is being read again (epoch %d)", step + 1, epoch)
+            seen_epoch = epoch
         loss_val = float(logs["train/loss"])
         if not math.isfinite(loss_val):
             _dump(ckpt_dir, step, micro, logs)
