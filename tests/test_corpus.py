@@ -187,10 +187,10 @@ def test_token_budget_ends_the_run_and_tokens_are_logged(tmp_path: Path) -> None
     over = _data_overrides(_corpus(tmp_path / "c"))
     over = [o for o in over if not o.startswith("data.num_workers")] + ["data.num_workers=0"]
     cfg = cell_cfg(
-        "cell=ce", "train.steps=50", "train.log_every=1", "data.token_budget=300", *over
+        "cell=ce", "train.steps=50", "train.log_every=1", "data.token_budget=1000", *over
     )
     summary = train(cfg, tmp_path / "run")
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert summary["steps"] == rows[-1]["step"] < 50
-    assert rows[-1]["data/tokens"] >= 300 > rows[-2]["data/tokens"]
+    assert rows[-1]["data/tokens"] >= 1000 > rows[-2]["data/tokens"]
     assert [r["data/epoch"] for r in rows] == [0] * len(rows)
