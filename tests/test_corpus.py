@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from engine_utils import cell_cfg, max_diff, run_module, state
+from engine_utils import cell_cfg, max_diff, run_module, state, torchrun
 from torch.utils.data import DataLoader
 
 from xbench.corpus import StreamingCorpus
@@ -116,24 +115,8 @@ def test_shard_formats_and_token_id_columns_read_the_same_documents(tmp_path: Pa
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(*args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
-        "-m",
-        "xbench.train",
-        *args,
-    ]
+    return [sys.executable, *torchrun("-m", "xbench.train", *args)]
 
 
 def test_two_rank_run_killed_mid_epoch_resumes_like_the_uninterrupted_run(tmp_path: Path) -> None:

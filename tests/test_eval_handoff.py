@@ -4,18 +4,11 @@ process group's timeout, and the cell still ends ``done``."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
-from engine_utils import run_module
+from engine_utils import run_module, torchrun
 
 TIMEOUT_S = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_rank_cell_ends_done_when_eval_outlasts_the_process_group_timeout(
@@ -23,12 +16,7 @@ def test_two_rank_cell_ends_done_when_eval_outlasts_the_process_group_timeout(
 ) -> None:
     # Both ranks run the sweep job of one cell, as srun starts them on SLURM (RANK tells rank 0).
     run_module(
-        [
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}",
+        torchrun(
             "-m",
             "xbench.sweep",
             "+experiment=mini_smoke",
@@ -42,7 +30,7 @@ def test_two_rank_cell_ends_done_when_eval_outlasts_the_process_group_timeout(
             "data.seq_len=48",
             "world.n_train=200",
             f"train.dist_timeout_s={TIMEOUT_S}",
-        ],
+        ),
         cwd=tmp_path,
         env={"XBENCH_OUT": str(tmp_path / "out")},
     )

@@ -3,12 +3,11 @@ one-rank run of the same global batch (2 gloo ranks, DDP and FSDP, 20 steps)."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-from engine_utils import max_diff, run_module
+from engine_utils import max_diff, run_module, torchrun
 
 from xbench.checkpoint import load_latest
 from xbench.io import read_jsonl
@@ -34,12 +33,6 @@ COMMON = [
     "data.seq_len=48",
     "world.n_train=200",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _w(run: Path, step: int | None = None) -> dict[str, torch.Tensor]:
@@ -77,18 +70,7 @@ def test_w_is_identical_on_every_rank_and_equals_one_rank(
 ) -> None:
     two = tmp_path / "two"
     run_module(
-        [
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}",
-            "-m",
-            "xbench.train",
-            *COMMON,
-            f"train.parallel={parallel}",
-            f"run_dir={two}",
-        ],
+        torchrun("-m", "xbench.train", *COMMON, f"train.parallel={parallel}", f"run_dir={two}"),
         cwd=tmp_path,
     )
     logs = read_jsonl(two / "metrics.jsonl")
