@@ -12,7 +12,9 @@ chunks by token count, at most 256 predicting rows per side (gradients computed 
 during the forward, no recomputation; see ``xbench.losses.chunks``).
 
 Method: each loss runs in its own subprocess with ``torch.set_num_threads(1)`` (numpy sorts are
-single-threaded too), after one small warm-up call. Time = wall clock of one forward+backward.
+single-threaded too), after one warm-up call (on CUDA at the timed shape: the first call there
+loads kernels and allocates workspaces, 4 s for kd on an H200). Time = wall clock of one
+forward+backward.
 Peak memory = the process's peak RSS (VmHWM) during forward+backward minus its RSS just before,
 after the peak counter is reset via /proc/self/clear_refs (so import and input-creation transients
 do not count). Large tensors are mmap-backed, so RSS tracks live tensors; the inputs (logits) are
@@ -37,6 +39,7 @@ import subprocess
 import sys
 import time
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V_S, V_T, B = 128_256, 151_669, 4
 N_COMMON, K, TOP_K = 109_566, 4, 8192
 
@@ -192,7 +195,9 @@ def child(method: str, T: int, trl_seqs: int, device: str = "cpu") -> None:
 
     torch.set_num_threads(1)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    run_method(method, 16, 1, device=device)  # warm-up (imports, allocator, kernels)
+    # Warm-up (imports, allocator, kernels); on CUDA at the timed shape, whose kernels load lazily.
+    cuda = device.startswith("cuda")
+    run_method(method, T if cuda else 16, trl_seqs if cuda else 1, device=device)
     secs = run_method(method, T, trl_seqs=trl_seqs, device=device)
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() // 1024 - _RSS0
@@ -217,7 +222,11 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", m, "--positions-per-seq",
                str(a.positions_per_seq), "--trl-seqs", str(a.trl_seqs),
                "--device", a.device]  # fmt: skip
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        # The child imports xbench: put this checkout on its path (it runs as a plain script).
+        path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": path}
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         if m == "trl" and a.trl_seqs < B:  # timed on N of B sequences; linear in B
             r["seconds"] *= B / a.trl_seqs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,19 @@ def run_module(
             f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         )
     return proc
+
+
+def torchrun(*args: str, nproc: int = 2) -> list[str]:
+    """``python -m ...`` arguments that start ``args`` (``-m MODULE ...``) on ``nproc`` gloo
+    ranks on this machine, on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        *args,
+    ]

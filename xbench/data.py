@@ -26,9 +26,9 @@ from xbench.tokenpair.align import collate_alignments
 def load_texts(cfg: DictConfig) -> list[str]:
     """The training corpus named by ``cfg`` (the ``data`` config group).
 
-    ``source``: ``mini`` (the miniature world's train split), ``jsonl`` (``path``, one object a
-    line, ``text_field`` or GSM8K-style ``question``/``answer``), or ``hf`` (a Hugging Face
-    dataset ``name``/``split``/``text_field``).
+    ``source``: ``mini`` (the miniature world's train split) or ``jsonl`` (``path``, one object a
+    line, ``text_field`` or GSM8K-style ``question``/``answer``): small corpora held in memory.
+    Pre-training corpora (``shards``, ``hf``) stream through :mod:`xbench.corpus` instead.
     """
     src = cfg.source
     if src == "mini":
@@ -40,13 +40,8 @@ def load_texts(cfg: DictConfig) -> list[str]:
         if not path.exists():
             raise FileNotFoundError(f"data.path {path} does not exist; point it at a JSONL file.")
         texts = [_doc_text(json.loads(line), cfg) for line in path.read_text().splitlines() if line]
-    elif src == "hf":
-        import datasets
-
-        ds = datasets.load_dataset(cfg.name, split=cfg.split)
-        texts = [str(t) for t in ds[cfg.text_field]]
     else:
-        raise ValueError(f"data.source must be one of mini, jsonl, hf; got {src!r}.")
+        raise ValueError(f"data.source must be one of mini, jsonl, shards, hf; got {src!r}.")
     texts = [t for t in texts if t.strip()]
     if cfg.get("max_docs") is not None:
         texts = texts[: int(cfg.max_docs)]
@@ -135,7 +130,10 @@ class PairDataset(Dataset):
         return len(self.texts)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        text = self.texts[i]
+        return self.encode(self.texts[i])
+
+    def encode(self, text: str) -> dict[str, Any]:
+        """One packed text as student ids plus, per teacher, its ids and alignment."""
         s = self.student(
             text,
             return_offsets_mapping=getattr(self.student, "is_fast", False),
@@ -202,6 +200,9 @@ class Collator:
             counts[f"t{k}"] = int(al.chunk_mask.sum())
         batch["teachers"] = teachers
         batch["counts"] = counts
+        if "position" in items[0]:  # a streamed corpus (xbench.corpus): where the batch ends
+            batch["position"] = items[-1]["position"]
+            batch["docs"] = [d for it in items for d in it["docs"]]
         return batch
 
 

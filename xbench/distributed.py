@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -41,11 +43,13 @@ def _env_from_slurm() -> None:
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def init_distributed(device: str = "auto", timeout_s: float | None = None) -> DistInfo:
     """Initialise the process group if the environment describes more than one rank.
 
     Args:
         device: ``auto`` (CUDA when available), ``cuda`` or ``cpu``.
+        timeout_s: the process group's collective timeout (``None``: torch's default, 10 min
+            for NCCL and 30 min for gloo). Tests set it small to prove nothing waits on it.
 
     Returns:
         The rank layout and the device this rank computes on.
@@ -61,7 +65,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(local)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        kw = {} if timeout_s is None else {"timeout": timedelta(seconds=float(timeout_s))}
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", **kw)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
@@ -69,6 +74,46 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks in place (no-op on one rank)."""
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def average_grads(params: Sequence[torch.nn.Parameter]) -> None:
+    """Average the gradients of parameters that no DDP/FSDP wrapper owns (W) over ranks.
+
+    With every rank holding the same values and the same averaged gradient, the same optimizer
+    update keeps them bit-identical across ranks (one flat all-reduce; its result is the same
+    tensor on every rank). A parameter without a gradient on some rank (no units of that teacher
+    in its micro-batches) contributes zeros, so every rank joins the collective.
+    """
+    if not params or world_size() == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size()
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def max_rank_diff(params: Sequence[torch.Tensor]) -> float:
+    """Largest |x_rank - x_rank0| over ranks and elements (0.0 when the copies are identical)."""
+    if not params or world_size() == 1:
+        return 0.0
+    mine = torch.cat([p.detach().reshape(-1) for p in params])
+    ref = mine.clone()
+    dist.broadcast(ref, src=0)
+    diff = (mine - ref).abs().max().reshape(1)
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return float(diff)
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Maximum of a tensor over ranks in place (no-op on one rank)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
 
 

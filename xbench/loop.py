@@ -17,7 +17,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from xbench import checkpoint, distributed
+from xbench.corpus import STREAMING_SOURCES, StreamingCorpus, StreamState
 from xbench.data import Collator, PairDataset, Side, StepBatches, load_texts, pack
+from xbench.memory import use_checkpointing
 from xbench.metrics import numeral_ids, numeral_stats
 from xbench.models import load_model, load_tokenizer
 from xbench.objective import Objective, build_teachers
@@ -83,6 +85,9 @@ class Session:
     # schedule). A separate optimizer keeps the student's state dict pure model parameters,
     # which FSDP's full-state-dict gathering needs.
     opt_w: torch.optim.Optimizer | None = None
+    # A streamed corpus (data.source shards|hf): positions consumed, epoch, tokens seen.
+    stream: StreamState | None = None
+    tokens_seen: int = 0  # student tokens of every rank since the run began
 
     @property
     def fsdp(self) -> bool:
@@ -94,8 +99,26 @@ class Session:
         return int(tc.global_batch_size) // (int(tc.micro_batch_size) * self.info.world_size)
 
     def loader(self) -> DataLoader:
-        """Micro-batches from ``start`` on; (step, micro, rank) addressing makes resume exact."""
+        """Micro-batches from ``start`` on; (step, micro, rank) addressing makes resume exact.
+
+        A streamed corpus resumes from the stream positions of the checkpoint instead."""
         tc = self.cfg.train
+        if self.stream is not None:
+            corpus = StreamingCorpus(
+                self.cfg.data,
+                self.dataset,
+                self.info.rank,
+                self.info.world_size,
+                int(self.cfg.seed),
+                positions=self.stream.positions,
+                rotation=self.stream.rotation,
+            )
+            return DataLoader(
+                corpus,
+                batch_size=int(tc.micro_batch_size),
+                collate_fn=self.collate,
+                num_workers=int(self.cfg.data.num_workers),
+            )
         sampler = StepBatches(
             len(self.dataset),
             int(tc.global_batch_size),
@@ -152,12 +175,17 @@ class Session:
         return logs, n_tokens
 
     def optimizer_step(self) -> torch.Tensor:
-        """Clip the student's gradients (never W's), step, schedule, zero; returns the norm."""
+        """Clip the student's gradients (never W's), step, schedule, zero; returns the norm.
+
+        W lives outside the DDP/FSDP wrapper, so its gradient is averaged over ranks here: each
+        rank then applies the same update to the same values and the copies stay bit-identical.
+        """
         norm = torch.nn.utils.clip_grad_norm_(
             self.student.parameters(), float(self.cfg.optim.grad_clip)
         )
         self.opt.step()
         if self.opt_w is not None:
+            distributed.average_grads(self.objective.w_parameters())
             self.opt_w.step()
             self.opt_w.zero_grad(set_to_none=True)
         self.sched.step()
@@ -179,9 +207,19 @@ class Session:
             optim = get_optimizer_state_dict(self.student, self.opt, options=opts)
         else:
             model, optim = self.student.state_dict(), self.opt.state_dict()
+        data = None
+        if self.stream is not None:
+            # Each rank streams its own shards: rank 0's file holds every rank's positions.
+            data = [None] * self.info.world_size
+            if self.info.world_size > 1:
+                torch.distributed.all_gather_object(data, self.stream.state_dict())
+            else:
+                data[0] = self.stream.state_dict()
         return {
             "model": model,
             "optimizer": optim,
+            "data": data,
+            "tokens_seen": self.tokens_seen,
             "w_optimizer": None if self.opt_w is None else self.opt_w.state_dict(),
             "objective": self.objective.state_dict(),
             "scheduler": self.sched.state_dict(),
@@ -206,6 +244,15 @@ class Session:
             self.opt_w.load_state_dict(state["w_optimizer"])
         self.objective.load_state_dict(state["objective"])
         self.sched.load_state_dict(state["scheduler"])
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        if self.stream is not None:
+            data = state.get("data") or []
+            if len(data) != self.info.world_size:
+                raise ValueError(
+                    f"the checkpoint's streamed corpus was read by {len(data)} rank(s), this job "
+                    f"has {self.info.world_size}; resume with the same number of ranks."
+                )
+            self.stream.load_state_dict(data[self.info.rank])
         checkpoint.set_rng_state(state["rng"])
         self.start = int(state["step"])
 
@@ -213,22 +260,36 @@ class Session:
 def build_session(cfg: DictConfig) -> Session:
     """Load models and data, build W and the optimizer for the resolved cell ``cfg``."""
     tc, oc = cfg.train, cfg.optim
-    info = distributed.init_distributed(tc.device)
+    info = distributed.init_distributed(tc.device, tc.get("dist_timeout_s"))
     torch.manual_seed(cfg.seed)
     if tc.get("threads"):
         torch.set_num_threads(int(tc.threads))
     s_tok = load_tokenizer(cfg.student.tokenizer)
-    student = load_model(cfg.student, s_tok, field="student", seed=cfg.seed).to(info.device)
+    student = load_model(cfg.student, s_tok, field="student", seed=cfg.seed, device=info.device).to(
+        info.device
+    )
+    if use_checkpointing(cfg):
+        # Keep only each decoder layer's input and recompute the rest in backward: about a
+        # third more compute for a fraction of the activation memory (xbench.memory).
+        student.config.use_cache = False
+        student.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     teachers = build_teachers(cfg, s_tok, student, info.device)
     objective = Objective(cfg, teachers).to(info.device)
 
-    texts = pack(load_texts(cfg.data), s_tok, int(cfg.data.seq_len), str(cfg.data.separator))
+    streamed = str(cfg.data.source) in STREAMING_SOURCES
+    texts = (
+        []
+        if streamed
+        else pack(load_texts(cfg.data), s_tok, int(cfg.data.seq_len), str(cfg.data.separator))
+    )
     sides = [Side(t.tok, t.same_tokenizer, str(tc.aligner)) for t in teachers]
     dataset = PairDataset(texts, s_tok, sides, int(cfg.data.seq_len))
     collate = Collator(pad_id(s_tok), [pad_id(t.tok) for t in teachers])
     # Validates the batch geometry before any work (one clear error).
     StepBatches(
-        len(dataset),
+        max(1, len(dataset)),
         int(tc.global_batch_size),
         int(tc.micro_batch_size),
         info.world_size,
@@ -268,4 +329,5 @@ def build_session(cfg: DictConfig) -> Session:
         numeral_ids(canonical_vocab(s_tok)),
         steps,
         opt_w=opt_w,
+        stream=StreamState(max(1, int(cfg.data.num_workers))) if streamed else None,
     )

@@ -37,17 +37,23 @@ def numeral_stats(
     positions), ``target_prob`` (probability of the correct token, summed over positions whose
     target *is* a multi-digit numeral) and their counts.
     """
-    pred = logits[:, :-1].float()  # (B, T-1, V): position p predicts token p+1
+    # One row at a time in fp32 via log-sum-exp: a full (B, T, V) fp32 softmax copy of the
+    # logits cost gigabytes at paper scale on every logged step.
     tgt = labels[:, 1:]
     valid = tgt != -100
-    probs = pred.softmax(-1)
     num_ids = num_ids.to(logits.device)
-    mass = probs.index_select(-1, num_ids).sum(-1) if len(num_ids) else probs[..., 0] * 0
-    is_num = torch.zeros(probs.shape[-1], dtype=torch.bool, device=logits.device)
+    is_num = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
     is_num[num_ids] = True
     tgt_safe = tgt.clamp_min(0)
     tgt_is_num = valid & is_num[tgt_safe]
-    tprob = probs.gather(-1, tgt_safe.unsqueeze(-1)).squeeze(-1)
+    mass_rows, tprob_rows = [], []
+    for b in range(logits.shape[0]):
+        row = logits[b, :-1].float()  # (T-1, V): position p predicts token p+1
+        lse = row.logsumexp(-1)  # (T-1,)
+        num = row.index_select(-1, num_ids) if len(num_ids) else row[:, :0]
+        mass_rows.append((num - lse[:, None]).exp().sum(-1))
+        tprob_rows.append((row.gather(-1, tgt_safe[b, :, None]).squeeze(-1) - lse).exp())
+    mass, tprob = torch.stack(mass_rows), torch.stack(tprob_rows)  # (B, T-1)
     return {
         "mass": (mass * valid).sum(),
         "mass_n": valid.sum(),

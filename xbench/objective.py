@@ -68,7 +68,9 @@ def build_teachers(cfg: DictConfig, s_tok: Any, student: nn.Module, device: str)
         kd = {**OmegaConf.to_container(cfg.kd, resolve=True), **(spec.get("kd") or {})}
         tok = load_tokenizer(spec.tokenizer)
         # Teachers built from a config get their own seed (not the student's init).
-        model = load_model(spec, tok, field=field_name, seed=int(cfg.seed) + 1000 + i).to(device)
+        model = load_model(
+            spec, tok, field=field_name, seed=int(cfg.seed) + 1000 + i, device=device
+        ).to(device)
         same = proj_mod.tokenizer_fingerprint(tok) == s_fp
         method = str(spec.method)
         if method == "kd" and not same:
@@ -128,8 +130,10 @@ class Objective(nn.Module):
                 "kd.multi_teacher=logit_avg averages logits, so every teacher must share the "
                 "student's tokenizer and use method kd; use static or softmax_* weights instead."
             )
-        # Teacher logits and labels of the current micro-batch (for adaptive weights).
-        self._seen: dict[int, tuple[Tensor, Tensor]] = {}
+        # Each teacher's score on the current micro-batch (adaptive weights only). A scalar, not
+        # the logits: keeping every teacher's (B, T, V_T) logits alive until all teachers ran
+        # cost one full-vocabulary tensor per teacher at paper scale.
+        self._scores: dict[int, Tensor] = {}
         self.w = nn.ModuleDict()
         for i, t in enumerate(teachers):
             if t.projection is not None and t.method in ("pkl", "xtoken") and t.kd["learn_w"]:
@@ -162,6 +166,13 @@ class Objective(nn.Module):
         weights = self.w[key].weights() if key in self.w else t.projection.weights
         return t.projection.indices, weights
 
+    def _note(self, i: int, t_logits: Tensor, labels: Tensor) -> None:
+        """Score teacher ``i`` now when adaptive weights will need it."""
+        if self.multi != "static" and len(self.teachers) > 1:
+            self._scores[i] = teacher_scores(
+                t_logits, labels, kind=_SCORE.get(self.multi, "neg_ce")
+            )
+
     def teacher_loss(
         self, i: int, t: Teacher, s_logits: Tensor, batch: dict[str, Any]
     ) -> LossOutput:
@@ -170,7 +181,7 @@ class Objective(nn.Module):
         tb = batch["teachers"][i]
         if t.same_tokenizer:
             t_logits = t.runner.logits(batch["input_ids"], batch["attention_mask"])
-            self._seen[i] = (t_logits, batch["labels"])
+            self._note(i, t_logits, batch["labels"])
             div = _DIVERGENCE[kd["kl"]]
             return get_loss("kd")(
                 s_logits,
@@ -181,7 +192,7 @@ class Objective(nn.Module):
                 temperature=float(kd["temperature"]),
             )
         t_logits = t.runner.logits(tb["input_ids"], tb["attention_mask"])
-        self._seen[i] = (t_logits, tb["input_ids"].masked_fill(tb["attention_mask"] == 0, -100))
+        self._note(i, t_logits, tb["input_ids"].masked_fill(tb["attention_mask"] == 0, -100))
         al = tb["align"]
         common = dict(
             temperature=float(kd["temperature"]),
@@ -260,10 +271,7 @@ class Objective(nn.Module):
         if self.multi == "static" or len(kd_parts) == 1:
             w = torch.tensor([t.weight for t in self.teachers], device=kd_parts[0].device)
         else:
-            scores = torch.stack([
-                teacher_scores(*self._seen[i], kind=_SCORE.get(self.multi, "neg_ce"))
-                for i in range(len(self.teachers))
-            ])  # fmt: skip
+            scores = torch.stack([self._scores[i] for i in range(len(self.teachers))])
             if self.multi == "best":
                 w = torch.zeros_like(scores)
                 w[best_teacher(scores)] = 1.0

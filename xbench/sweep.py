@@ -90,8 +90,6 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
 def _run_locked(
     cfg: DictConfig, resolved: DictConfig, cell: dict[str, Any], rd: RunDir, main_rank: bool
 ) -> dict[str, Any]:
-    from xbench import distributed
-
     run_dir = rd.path
     if main_rank:
         rd.start(resolved, cell, str(cfg.experiment))
@@ -135,8 +133,9 @@ def _run_locked(
                 },
                 scores={k: v["value"] for k, v in results["tasks"].items()},
             )
-        distributed.barrier()
-        if resolved.train.get("delete_checkpoints_when_done"):
+        # train() has left the process group: no barrier here, and only rank 0 (which may
+        # still read the final checkpoint to evaluate) deletes checkpoints.
+        if is_main and resolved.train.get("delete_checkpoints_when_done"):
             for p in rd.ckpt_dir.glob("*.pt"):
                 p.unlink()
         return {"status": "done", "run_dir": str(run_dir)}
@@ -207,6 +206,9 @@ def _print_plan(cfg: DictConfig, resolved: DictConfig, cell: dict[str, Any]) -> 
         f"cmd: {cmd}",
         flush=True,
     )
+    from xbench.memory import describe
+
+    print(f"  {describe(resolved)}", flush=True)
 
 
 class SweepCallback(Callback):

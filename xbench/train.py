@@ -8,6 +8,8 @@ by the collator before any forward), so any split of the same global batch gives
 
 from __future__ import annotations
 
+import gc
+import logging
 import math
 import os
 import signal
@@ -26,6 +28,8 @@ from xbench.loop import build_session
 from xbench.metrics import MetricsLogger
 
 _CONF = Path(__file__).resolve().parents[1] / "conf"
+
+log = logging.getLogger("xbench.train")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -75,11 +79,27 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     t_start, last_loss = time.time(), float("nan")
     batches = iter(loader)
+    # data.token_budget (student tokens over all ranks) may end the run before train.steps; the
+    # learning-rate schedule still spans train.steps.
+    budget = cfg.data.get("token_budget")
+    seen_epoch = sess.stream.epoch if sess.stream is not None else 0
+    if _budget_spent(sess.tokens_seen, budget):
+        steps = start  # a resumed run whose budget was already spent: nothing to do
     for step in range(start, steps):
         t0 = time.time()
         micro = [next(batches) for _ in range(sess.accum)]
         log_now = (step + 1) % int(tc.log_every) == 0 or step == start or step + 1 == steps
         logs, n_tokens = sess.forward_backward(micro, with_stats=log_now)
+        dev = sess.info.device  # NCCL reduces GPU tensors only
+        sess.tokens_seen += int(distributed.all_reduce_sum(torch.tensor(n_tokens, device=dev)))
+        if sess.stream is not None:
+            for b in micro:
+                sess.stream.consume(b)
+            # The highest epoch any stream of any rank has reached (streams are not in lockstep).
+            epoch = int(distributed.all_reduce_max(torch.tensor(sess.stream.epoch, device=dev)))
+            if epoch > seen_epoch and sess.info.is_main:
+                log.warning("step %d: the corpus is being read again (epoch %d)", step + 1, epoch)
+            seen_epoch = epoch
         loss_val = float(logs["train/loss"])
         if not math.isfinite(loss_val):
             _dump(ckpt_dir, step, micro, logs)
@@ -105,11 +125,18 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     "train/step_s": dt,
                     "train/tokens_per_s": n_tokens * sess.info.world_size / dt,
                     "train/peak_mem_mb": _peak_mb(sess.info.device),
+                    "data/tokens": sess.tokens_seen,
                 }
             )
+            if sess.stream is not None:
+                rec["data/epoch"] = epoch
+            if sess.opt_w is not None and sess.info.world_size > 1:
+                # A collective on every rank (log_now is the same everywhere): 0.0 means W is
+                # bit-identical across ranks.
+                rec["train/w_rank_diff"] = distributed.max_rank_diff(sess.objective.w_parameters())
             logger.log(step + 1, rec)
         logger.advance()
-        done = step + 1 == steps
+        done = step + 1 == steps or _budget_spent(sess.tokens_seen, budget)
         if done or (step + 1) % int(tc.ckpt_every) == 0 or stop["flag"]:
             # Every rank gathers (a collective under FSDP); rank 0 writes.
             state = {"step": step + 1, **sess.state_dict(), "rng": checkpoint.rng_state()}
@@ -120,8 +147,20 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             logger.close()
             signal.signal(signal.SIGTERM, prev)
             raise SystemExit(f"stopped by SIGTERM after step {step + 1}; resume to continue.")
+        if done:
+            steps = step + 1  # == train.steps unless the token budget ended the run first
+            break
     logger.close()
     signal.signal(signal.SIGTERM, prev)
+    # The last collective was the final checkpoint's barrier. Every rank now leaves the process
+    # group, so rank 0 evaluates alone (from the unwrapped student, or the gathered checkpoint
+    # under FSDP) and no rank waits in a collective whose timeout an evaluation could outlast.
+    # The DDP wrapper goes first: freed after the group, its reducer would destroy the gloo group
+    # while holding the GIL that gloo's worker thread needs to finish (a deadlock seen here).
+    sess.model = sess.student
+    del loader, batches
+    gc.collect()
+    distributed.cleanup()
     return {
         "steps": steps,
         "final_loss": last_loss,
@@ -132,6 +171,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "tokenizer": sess.s_tok,
         "dist": sess.info,
     }
+
+
+def _budget_spent(tokens: int, budget: int | None) -> bool:
+    return budget is not None and tokens >= int(budget)
 
 
 def _peak_mb(device: str) -> float:
