@@ -8,7 +8,7 @@ from torch import Tensor
 from xbench.losses.base import LossOutput, register
 from xbench.losses.chunks import ChunkMethod, cross_tokenizer_sums
 from xbench.losses.gold import _complement, hybrid_terms, hybrid_weights
-from xbench.losses.pkl import TopKScope, projected_kl_terms, teacher_topk_columns
+from xbench.losses.pkl import TopKScope, column_sets, projected_kl_terms
 
 __all__ = ["xtoken_loss"]
 
@@ -41,8 +41,9 @@ def xtoken_loss(
 
     alpha = 1 is H-KL (:func:`xbench.losses.hkl.hkl_loss`, relaxed pairs ``common_*``), alpha = 0
     is P-KL (:func:`xbench.losses.pkl.pkl_loss`, projection ``w_*``); the chunk distributions are
-    computed once per slice and shared. Each term keeps its own convention (H-KL: no T^2; P-KL:
-    T^2). Terms with weight 0 are skipped.
+    computed once per slice and shared. ``beta`` (kd.kl as a generalized-JSD beta) applies to
+    both terms: the H-KL pairs and the P-KL columns. Each term keeps its own convention (H-KL:
+    no T^2; P-KL: T^2). Terms with weight 0 are skipped.
 
     Returns:
         LossOutput(total, count = valid chunks, components = H-KL's (prefixed ``hkl/``) and
@@ -54,13 +55,14 @@ def xtoken_loss(
     cs, ct = common_student.long(), common_teacher.long()
     us, ut = _complement(cs, V_S), _complement(ct, V_T)
     w_c, w_u = hybrid_weights(weights, int(cs.numel()), V_T)
-    columns = None
-    if alpha < 1.0 and top_k_scope == "microbatch":
-        columns = teacher_topk_columns(
-            teacher_logits, teacher_chunk, chunk_mask, top_k, chunk_method=chunk_method,
-            temperature=temperature, teacher_ids=teacher_ids, chunk_size=chunk_size,
-        )  # fmt: skip
     idx = w_indices.long()
+    columns = reach = unreach = None
+    if alpha < 1.0:
+        columns, reach, unreach = column_sets(
+            teacher_logits, teacher_chunk, chunk_mask, idx, w_weights, top_k, top_k_scope,
+            chunk_method=chunk_method, temperature=temperature, teacher_ids=teacher_ids,
+            chunk_size=chunk_size,
+        )  # fmt: skip
 
     def term(lq_s: Tensor, lq_t: Tensor, w: Tensor) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
@@ -70,7 +72,9 @@ def xtoken_loss(
             loss = loss + alpha * h.pop("loss")
             out.update({f"hkl/{k}": v for k, v in h.items()})
         if alpha < 1.0:
-            p = projected_kl_terms(lq_s, lq_t, idx, w, columns, top_k, temperature)
+            p = projected_kl_terms(
+                lq_s, lq_t, idx, w, columns, top_k, temperature, beta, reach, unreach
+            )
             loss = loss + (1.0 - alpha) * p.pop("loss")
             out.update({f"pkl/{k}": v for k, v in p.items()})
         out["loss"] = loss
