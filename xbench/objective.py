@@ -36,6 +36,7 @@ from xbench.losses.combine import (
 )
 from xbench.losses.options import check_kd_options, effective_kd, hybrid_beta
 from xbench.losses.pkl import LearnableProjection
+from xbench.losses.presets import exact_pairs_from_w, loss_kwargs
 from xbench.models import head_size, load_model, load_tokenizer
 from xbench.teacher import TeacherRunner
 from xbench.tokenpair import projection as proj_mod
@@ -107,7 +108,8 @@ def build_teachers(cfg: DictConfig, s_tok: Any, student: nn.Module, device: str)
         ident = f"{spec.model}|{proj_mod.tokenizer_fingerprint(tok)}"
         runner = TeacherRunner(model, ident, top_k=int(kd["teacher_cache_topk"]), cache_dir=cache)
         t = Teacher(spec.name, method, float(spec.weight), kd, tok, runner, same)
-        if method in ("pkl", "hkl", "xtoken"):
+        authors_gold = method == "gold" and kd["semantics"] == "authors"
+        if method in ("pkl", "hkl", "xtoken") or authors_gold:
             t.projection = proj_mod.load_or_build(
                 s_tok,
                 tok,
@@ -117,7 +119,10 @@ def build_teachers(cfg: DictConfig, s_tok: Any, student: nn.Module, device: str)
                 student_head_size=head_size(student),
                 teacher_head_size=head_size(model),
             )
-        if method == "gold":
+        if authors_gold:  # the authors read GOLD's exact map from W's one-hot rows
+            assert t.projection is not None
+            t.pairs = exact_pairs_from_w(t.projection.indices, t.projection.weights)
+        elif method == "gold":
             t.pairs = proj_mod.exact_common_pairs(s_tok, tok, semantics=str(kd["gold_semantics"]))
         elif method in ("hkl", "xtoken"):
             assert t.projection is not None
@@ -177,6 +182,7 @@ class Objective(nn.Module):
 
     def _kd_loss(self, kd: dict[str, Any], s_logits: Tensor, t_logits: Tensor, labels: Tensor):
         """Same-tokenizer KD with every knob it reads (divergence, beta, T, teacher top-k)."""
+        preset = loss_kwargs(str(kd["semantics"]), "kd")
         return get_loss("kd")(
             s_logits,
             t_logits[..., : s_logits.shape[-1]],
@@ -186,6 +192,7 @@ class Objective(nn.Module):
             temperature=float(kd["temperature"]),
             top_k=int(kd["topk"]),
             chunk_size=int(kd["loss_chunk_size"]) or None,
+            **preset,
         )
 
     def teacher_loss(
@@ -216,6 +223,12 @@ class Objective(nn.Module):
             if kd["gold_weights"] == "fixed"
             else "adaptive"
         )
+        # kd.semantics: the preset's keyword arguments override xbench's (chunk averaging,
+        # weights, truncation, T^2, column rule; xbench.losses.presets).
+        preset = loss_kwargs(str(kd["semantics"]), t.method)
+        if "weights" in preset:
+            weights = preset.pop("weights")
+        common.update(preset)
         if t.method == "uld":
             return get_loss("uld")(*args, **common)
         if t.method in ("gold", "hkl"):

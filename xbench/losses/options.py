@@ -18,6 +18,7 @@ from typing import Any
 from xbench.losses.chunks import CHUNK_METHODS
 from xbench.losses.combine import MIX_MODES, MULTI_TEACHER
 from xbench.losses.gold import GOLD_VARIANTS
+from xbench.losses.presets import FORMULAS, PRESETS, preset_fixes
 
 __all__ = [
     "KD_DEFAULTS",
@@ -37,6 +38,7 @@ _W = frozenset(("pkl", "hkl", "xtoken"))
 
 # Mirrors conf/cell.yaml (a test keeps the two equal).
 KD_DEFAULTS: dict[str, Any] = {
+    "semantics": "xbench",
     "alpha": 0.5,
     "rank": 4,
     "topk": 8192,
@@ -64,6 +66,7 @@ MIX_DEFAULTS: dict[str, Any] = {
 
 # knob -> the methods whose loss reads it (the "works" column of the note's table).
 KNOB_METHODS: dict[str, frozenset[str]] = {
+    "semantics": _ALL,
     "alpha": frozenset(("xtoken",)),
     "rank": _W,
     "topk": frozenset(("kd", "pkl", "xtoken")),
@@ -126,11 +129,13 @@ def _check_values(kd: Mapping[str, Any], where: str) -> None:
     def bad(key: str, what: str) -> ValueError:
         return ValueError(f"{where}.{key}={kd[key]!r} {what}.")
 
-    unknown = sorted(set(kd) - set(KD_DEFAULTS) - {"semantics"})
+    unknown = sorted(set(kd) - set(KD_DEFAULTS))
     if unknown:
         raise ValueError(
             f"{where}.{unknown[0]} is not a kd option; use one of {sorted(KD_DEFAULTS)}."
         )
+    if kd["semantics"] not in PRESETS:
+        raise bad("semantics", f"is unknown; use one of {PRESETS}")
     if not 0.0 <= float(kd["alpha"]) <= 1.0:
         raise bad("alpha", "must be in [0, 1] (0 = P-KL, 1 = H-KL)")
     for key in ("rank", "topk", "teacher_cache_topk"):
@@ -177,6 +182,7 @@ def _applies(key: str, kd: Mapping[str, Any], methods: set[str], n_teachers: int
 
 
 _FIX = {
+    "semantics": "it applies to every method",
     "alpha": "it weights H-KL against P-KL in xtoken only",
     "rank": "only W users (pkl, hkl, xtoken) read it",
     "topk": "only kd, pkl and xtoken (alpha < 1) restrict to teacher top-k columns",
@@ -262,6 +268,20 @@ def check_kd_options(cfg: Any) -> None:
                 f"logits than kd.topk={kd['topk']} needs; raise teacher_cache_topk to at "
                 "least kd.topk."
             )
+    for i, t in enumerate(teachers):
+        kd = {**base, **_plain(t.get("kd") or {})}
+        sem, method = str(kd["semantics"]), str(t["method"])
+        if method not in FORMULAS[sem]:
+            raise ValueError(
+                f"teachers[{i}].method={method} has no kd.semantics={sem} formula (TRL has only "
+                "gold and uld); use kd.semantics=xbench or authors for this teacher."
+            )
+        for key in preset_fixes(sem):
+            if _differs(kd[key], KD_DEFAULTS[key]):
+                raise ValueError(
+                    f"kd.{key}={kd[key]!r} is decided by kd.semantics={sem} (teachers[{i}]); "
+                    f"remove the override or use kd.semantics=xbench."
+                )
     if base["multi_teacher"] == "logit_avg" and methods != {"kd"}:
         raise ValueError(
             "kd.multi_teacher=logit_avg averages logits, so every teacher must share the "

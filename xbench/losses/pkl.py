@@ -144,6 +144,8 @@ def projected_kl_terms(
     beta: float = 0.0,
     reach: Tensor | None = None,
     unreach: Tensor | None = None,
+    teacher_restricted: bool = False,
+    v_t: int | None = None,
 ) -> dict[str, Tensor]:
     """Per-slice sums of P-KL from chunk log-probabilities.
 
@@ -153,14 +155,21 @@ def projected_kl_terms(
         KL_c = T^2 sum_{t in S} pt (log pt - log max(qt, Q_FLOOR))   (forward KL(p_T || q) on S)
     ``beta`` > 0 replaces the forward KL by the generalized JSD_beta of
     :func:`xbench.losses.kd.divergence_terms` on (pt, qt) (beta = 1: reverse KL(qt || pt)).
+    ``teacher_restricted``: ``lq_t`` is already (n, |columns|) and is used as log pt as it is
+    (the authors' teacher side: per-token log-softmax within the columns, averaged over the
+    chunk's tokens, not renormalised); ``v_t`` then gives the teacher width.
 
     Returns:
         {"loss", "kl", "top1_agree", "proj_mass_in_topk", "teacher_mass_in_topk",
         "teacher_mass_unreachable"}: sums over the slice's chunks.
     """
-    v_t = lq_t.shape[1]
+    v_t = lq_t.shape[1] if v_t is None else v_t
     p_s = lq_s.exp()  # (n, V_S)
-    if columns is None:
+    if teacher_restricted:
+        assert columns is not None
+        q = project(p_s, w_indices, w_weights, columns, v_t)
+        lt = lq_t
+    elif columns is None:
         cand = reach if reach is not None else torch.arange(v_t, device=lq_t.device)
         if top_k < cand.numel():  # per-chunk teacher top-k among the candidate columns
             cols = cand[lq_t[:, cand].topk(top_k, dim=-1).indices]  # (n, k)
@@ -172,7 +181,7 @@ def projected_kl_terms(
     else:
         q = project(p_s, w_indices, w_weights, columns, v_t)  # (n, k)
         lt = lq_t[:, columns]
-    log_pt = lt - torch.logsumexp(lt, dim=-1, keepdim=True)
+    log_pt = lt if teacher_restricted else lt - torch.logsumexp(lt, dim=-1, keepdim=True)
     q_mass = q.sum(-1, keepdim=True)  # (n, 1)
     tiny = torch.finfo(q.dtype).tiny
     log_qt = (q / q_mass.clamp_min(tiny)).clamp_min(Q_FLOOR).log()
@@ -181,9 +190,10 @@ def projected_kl_terms(
     else:
         kl = divergence_terms(log_qt, log_pt, "jsd", beta).sum() * temperature**2
     t_unreach = (
-        lq_t.detach()[:, unreach].exp().sum() if unreach is not None and unreach.numel() else
-        kl.new_zeros(())
-    )  # fmt: skip
+        lq_t.detach()[:, unreach].exp().sum()
+        if unreach is not None and unreach.numel() and not teacher_restricted
+        else kl.new_zeros(())
+    )
     return {
         "loss": kl,
         "kl": kl.detach(),
@@ -279,6 +289,7 @@ def pkl_loss(
     teacher_ids: Tensor | None = None,
     chunk_size: int | None = 256,
     use_checkpoint: bool = True,
+    authors: bool = False,
 ) -> LossOutput:
     """P-KL (X-Token), summed over valid chunks c:
 
@@ -302,6 +313,12 @@ def pkl_loss(
     log qt is floored at :data:`Q_FLOOR` (1e-10).
     ``beta`` (kd.kl): 0 forward KL (the paper's), 1 reverse KL(q || p_T), else generalized JSD.
 
+    ``authors=True`` (``kd.semantics=authors``, the NeMo RL code): S = the k teacher ids with the
+    highest max-logit anywhere in the micro-batch (padding included, unreachable ids kept); the
+    student side is as above (chunk mean of probabilities, projected, renormalised within S); the
+    teacher side is log_softmax(z_T / T) within S per token, averaged over the chunk's tokens as
+    log-probabilities and not renormalised; chunk_method and top_k_scope are then unused.
+
     Args:
         student_logits: (B, Ts, V_S); teacher_logits: (B, Tt, V_T) (V_T = head width, W's V_T).
         student_chunk, teacher_chunk, chunk_mask: PairAlignment fields.
@@ -322,6 +339,12 @@ def pkl_loss(
             f"W has {w_indices.shape[0]} rows, student head {student_logits.shape[-1]}"
         )
     idx = w_indices.long()
+    if authors:
+        return _pkl_authors(
+            student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, idx,
+            w_weights, top_k=top_k, beta=beta, temperature=temperature, chunk_size=chunk_size,
+            use_checkpoint=use_checkpoint,
+        )  # fmt: skip
     columns, reach, unreach = column_sets(
         teacher_logits, teacher_chunk, chunk_mask, idx, w_weights, top_k, top_k_scope,
         chunk_method=chunk_method, temperature=temperature, teacher_ids=teacher_ids,
@@ -338,6 +361,63 @@ def pkl_loss(
         (w_weights,), chunk_method=chunk_method, temperature=temperature,
         student_ids=student_ids, teacher_ids=teacher_ids, chunk_size=chunk_size,
         use_checkpoint=use_checkpoint,
+    )  # fmt: skip
+    count = torch.tensor(n, device=student_logits.device)
+    if not sums:
+        zero = student_logits.sum() * 0.0 + w_weights.sum() * 0.0
+        return LossOutput(zero, count, {"kl": zero.detach()})
+    total = sums.pop("loss")
+    return LossOutput(total, count, {k: v.detach() for k, v in sums.items()})
+
+
+def max_logit_columns(teacher_logits: Tensor, top_k: int) -> Tensor:
+    """The authors' column rule: the k teacher ids with the highest logit anywhere in the
+    micro-batch (every position, padding included), sorted; all ids when k >= V_T."""
+    v_t = teacher_logits.shape[-1]
+    if top_k >= v_t:
+        return torch.arange(v_t, device=teacher_logits.device)
+    with torch.no_grad():
+        best = teacher_logits.detach().reshape(-1, v_t).amax(0)  # (V_T,)
+        return torch.sort(best.topk(top_k).indices).values
+
+
+def _pkl_authors(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    student_chunk: Tensor,
+    teacher_chunk: Tensor,
+    chunk_mask: Tensor,
+    idx: Tensor,
+    w_weights: Tensor,
+    *,
+    top_k: int,
+    beta: float,
+    temperature: float,
+    chunk_size: int | None,
+    use_checkpoint: bool,
+) -> LossOutput:
+    """P-KL with the authors' column rule and teacher averaging (see :func:`pkl_loss`)."""
+    v_t = teacher_logits.shape[-1]
+    columns = max_logit_columns(teacher_logits, top_k)
+
+    def teacher_side(rows: Tensor, t_idx: Any, start: int, end: int) -> Tensor:
+        z = rows[:, columns].float() / temperature  # (P, k)
+        lp = F.log_softmax(z, dim=-1)  # per token, within the k columns
+        lo = int(t_idx.offsets[start])
+        rows_idx = t_idx.chunk_row[lo : lo + lp.shape[0]] - start
+        counts = (t_idx.offsets[start + 1 : end + 1] - t_idx.offsets[start:end]).to(lp.dtype)
+        return lp.new_zeros(end - start, lp.shape[1]).index_add(0, rows_idx, lp) / counts[:, None]
+
+    def term(lq_s: Tensor, lq_t: Tensor, w: Tensor) -> dict[str, Tensor]:
+        return projected_kl_terms(
+            lq_s, lq_t, idx, w, columns, top_k, temperature, beta,
+            teacher_restricted=True, v_t=v_t,
+        )  # fmt: skip
+
+    sums, n = cross_tokenizer_sums(
+        student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, term,
+        (w_weights,), chunk_method="mean", temperature=temperature, chunk_size=chunk_size,
+        use_checkpoint=use_checkpoint, teacher_fn=teacher_side,
     )  # fmt: skip
     count = torch.tensor(n, device=student_logits.device)
     if not sums:

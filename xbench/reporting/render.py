@@ -38,6 +38,8 @@ def _display_columns(lb: pd.DataFrame) -> list[str]:
     cols = [c for c in ("experiment", "student") if lb[c].nunique() > 1]
     cols += ["teachers", "method"]
     cols += [c for c in ("alpha", "rank") if lb[c].notna().any()]
+    if "semantics" in lb and lb["semantics"].notna().any():
+        cols.append("semantics")
     return cols
 
 
@@ -74,6 +76,20 @@ def _caption(lb: pd.DataFrame) -> str:
         + f" · {int(lb['n_runs'].sum())} runs. Cells: mean ± 95% CI over seeds (t, n-1 dof; one "
         "seed: no CI); (k/n): k of n seeds have a value; avg: plain mean of the benchmarks; "
         "Δ GOLD: avg minus the GOLD avg with the same teacher(s); best per column in bold."
+        + _mixed_presets(lb)
+    )
+
+
+def _mixed_presets(lb: pd.DataFrame) -> str:
+    """A warning when rows computed with different kd.semantics presets share the table."""
+    if "semantics" not in lb:
+        return ""
+    presets = sorted(str(x) for x in lb["semantics"].dropna().unique())
+    if len(presets) < 2:
+        return ""
+    return (
+        f" WARNING: rows use different loss formulas (kd.semantics: {', '.join(presets)}); "
+        "compare rows of one preset only (column semantics)."
     )
 
 
