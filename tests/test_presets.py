@@ -121,6 +121,18 @@ def test_authors_gold_hkl_match_naive(real, method: str) -> None:
     )
 
 
+def test_authors_uld_matches_naive(real) -> None:
+    # The authors' l1 rule on the whole vocabularies = the hybrid with no pairs.
+    d, none = real, torch.zeros(0, dtype=torch.long)
+    _compare(
+        lambda zs: L.get("uld")(
+            *_args(d, zs), temperature=T, chunk_size=3, **loss_kwargs("authors", "uld")
+        ),
+        lambda zs: naive_hybrid(d, zs, none, none),
+        d,
+    )
+
+
 def test_authors_pkl_and_xtoken_match_naive(real) -> None:
     d = real
     _compare(
