@@ -255,6 +255,7 @@ def test_semantics_preset_is_a_column_and_mixed_presets_are_flagged(tmp_path: Pa
     md = report.format_markdown(lb)
     assert "| teachers | method | semantics | seeds |" in md
     assert "WARNING: rows use different loss formulas (kd.semantics: authors, xbench)" in md
+    assert "| - |" not in md  # "-" only marks rows without a teacher
     one = report.format_markdown(report.leaderboard(tidy[tidy["semantics"] == "authors"]))
     assert "WARNING" not in one and "authors" in one
     # Tables written before the column existed still read back (semantics empty).

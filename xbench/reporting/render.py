@@ -52,7 +52,7 @@ def _table(
     best = {c: _best_mask(lb, c) for c in [*tasks, DELTA]}
     body = []
     for i, row in lb.iterrows():
-        cells = [escape(_fmt_axis(row[k]) if k in ("alpha", "rank") else str(row[k])) for k in keys]
+        cells = [escape(_fmt_key(k, row[k])) for k in keys]
         cells.append(str(row["n_runs"]))
         for t in tasks:
             text = _cell_text(row, t, pm)
@@ -78,6 +78,14 @@ def _caption(lb: pd.DataFrame) -> str:
         "Δ GOLD: avg minus the GOLD avg with the same teacher(s); best per column in bold."
         + _mixed_presets(lb)
     )
+
+
+def _fmt_key(key: str, value: object) -> str:
+    if key in ("alpha", "rank"):
+        return _fmt_axis(value)
+    if key == "semantics" and pd.isna(value):
+        return "-"  # no teacher, no KD formula
+    return str(value)
 
 
 def _mixed_presets(lb: pd.DataFrame) -> str:
