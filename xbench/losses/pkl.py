@@ -362,6 +362,13 @@ def pkl_loss(
         student_ids=student_ids, teacher_ids=teacher_ids, chunk_size=chunk_size,
         use_checkpoint=use_checkpoint,
     )  # fmt: skip
+    return _pkl_output(sums, n, student_logits, w_weights)
+
+
+def _pkl_output(
+    sums: dict[str, Tensor], n: int, student_logits: Tensor, w_weights: Tensor
+) -> LossOutput:
+    """LossOutput of P-KL's per-slice sums (a zero keeping both graphs when nothing is valid)."""
     count = torch.tensor(n, device=student_logits.device)
     if not sums:
         zero = student_logits.sum() * 0.0 + w_weights.sum() * 0.0
@@ -419,9 +426,4 @@ def _pkl_authors(
         (w_weights,), chunk_method="mean", temperature=temperature, chunk_size=chunk_size,
         use_checkpoint=use_checkpoint, teacher_fn=teacher_side,
     )  # fmt: skip
-    count = torch.tensor(n, device=student_logits.device)
-    if not sums:
-        zero = student_logits.sum() * 0.0 + w_weights.sum() * 0.0
-        return LossOutput(zero, count, {"kl": zero.detach()})
-    total = sums.pop("loss")
-    return LossOutput(total, count, {k: v.detach() for k, v in sums.items()})
+    return _pkl_output(sums, n, student_logits, w_weights)
