@@ -21,7 +21,7 @@ from xbench.losses.combine import (
     adaptive_teacher_weights,
     average_teacher_logits,
     best_teacher,
-    combine_ce_kd,
+    mix_ce_kd,
     teacher_scores,
     weighted_teachers,
 )
@@ -396,18 +396,34 @@ def test_registry_unknown_name() -> None:
 # ---------------------------------------------------------------- combine
 
 
-def test_dynamic_scaling_matches_formula() -> None:
-    s = torch.tensor(3.0, requires_grad=True)
-    k = torch.tensor(2.0, requires_grad=True)
-    ce = L.LossOutput(s * 4, torch.tensor(4))  # CE mean 3
-    kd = L.LossOutput(k * 2, torch.tensor(2))  # KD mean 2
-    loss, logs = combine_ce_kd(ce, kd, mode="dynamic")
-    assert loss.item() == pytest.approx(3.0 + 1.5 * 2.0)
+def test_dynamic_scaling_matches_the_authors_formula() -> None:
+    ce = torch.tensor(3.0, requires_grad=True)
+    kd = torch.tensor(2.0, requires_grad=True)
+    loss, logs = mix_ce_kd(ce, kd, mode="dynamic")
+    assert loss.item() == pytest.approx(3.0 + 1.5 * 2.0)  # 2 CE
     loss.backward()
-    assert k.grad.item() == pytest.approx(1.5)  # sg(CE/KD) times dKD
-    assert logs["kd_scale"].item() == pytest.approx(1.5)
-    loss, _ = combine_ce_kd(ce, kd, mode="fixed", kd_weight=0.5, ce_denom=8, kd_denom=4)
-    assert loss.item() == pytest.approx(12 / 8 + 0.5 * 4 / 4)
+    assert kd.grad.item() == pytest.approx(1.5)  # sg(|CE|/|KD|) times dKD
+    assert ce.grad.item() == pytest.approx(1.0)
+    assert logs["kd_scale"].item() == pytest.approx(1.5) and logs["kd_scale_capped"] == 0
+    loss, _ = mix_ce_kd(torch.tensor(1.5), torch.tensor(1.0), mode="fixed", kd_weight=0.5)
+    assert loss.item() == pytest.approx(1.5 + 0.5)
+
+
+def test_dynamic_scaling_with_negative_or_tiny_kd() -> None:
+    # GOLD/H-KL's sub-vector KD can be negative: the scale stays positive (|KD|), the KD gradient
+    # keeps its sign, and the value is CE - |CE| = 0, never below -2 CE.
+    ce = torch.tensor(4.0)
+    kd = torch.tensor(-0.03, requires_grad=True)
+    loss, logs = mix_ce_kd(ce, kd, mode="dynamic")
+    assert logs["kd_scale"].item() == pytest.approx(4.0 / 0.03) and loss.item() == pytest.approx(0)
+    loss.backward()
+    assert kd.grad.item() > 0
+    # A KD near 0 is capped at max_scale, and the cap is logged.
+    loss, logs = mix_ce_kd(ce, torch.tensor(1e-9), mode="dynamic", max_scale=100.0)
+    assert logs["kd_scale"].item() == 100.0 and logs["kd_scale_capped"].item() == 1.0
+    assert abs(loss.item()) <= 2 * ce.item()
+    with pytest.raises(ValueError, match=r"mix.mode='sum'; use one of"):
+        mix_ce_kd(ce, kd, mode="sum")  # type: ignore[arg-type]
 
 
 def test_multi_teacher_helpers() -> None:

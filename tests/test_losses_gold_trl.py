@@ -84,6 +84,15 @@ def test_gold_trl_variant_equals_trl_hybrid(beta: float, weights) -> None:
         chunk_method="chain", student_ids=sid, teacher_ids=tid, chunk_size=2,
     )  # fmt: skip
     assert (out.total / out.count).item() == pytest.approx(ref.item(), abs=1e-5)
+    # kd.semantics=trl is exactly this call (the preset picks the "bayesian" = chain merge).
+    from xbench.losses.presets import loss_kwargs
+
+    out_p = L.get("gold")(
+        zs, zt, groups_to_chunks(s_groups, Ts), groups_to_chunks(t_groups, Tt),
+        torch.ones(1, len(s_groups), dtype=torch.bool), cs, ct, beta=beta, weights=w,
+        student_ids=sid, teacher_ids=tid, **loss_kwargs("trl", "gold"),
+    )  # fmt: skip
+    assert (out_p.total / out_p.count).item() == pytest.approx(ref.item(), abs=1e-5)
     # One-token chunks: both chunk methods reduce to the next-token distribution.
     one = [[k] for k in range(Ts - 1)]
     sa1 = F.softmax(zs[0, : Ts - 1], -1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from engine_utils import run_module
@@ -31,6 +32,9 @@ def test_mini_vs_gold_small_profile_end_to_end(tmp_path: Path) -> None:
     for row in ("| none | base |", "| mini-A | gold |", "| mini-A | pkl |", "| mini-B | hkl |"):
         assert row in board
     assert "mini_answer" in board and "Δ GOLD" in board
+    # The study states its formula set: every teacher row carries kd.semantics=xbench.
+    assert re.search(r"\| mini-A \| gold \|[^\n]*\| xbench \|", board)
+    assert re.search(r"\| none \| base \|[^\n]*\| - \|", board)
     figures = sweep / "report" / "figures"
     assert (figures / "numeral_mass.png").stat().st_size > 0
     assert (figures / "benchmarks.png").stat().st_size > 0

@@ -15,6 +15,8 @@ from fixtures.rundirs.synth import write_run
 
 from xbench import report
 
+DELTA_COL = "delta_vs_gold"
+
 REPO = Path(__file__).resolve().parents[1]
 # 97.5% quantiles of Student's t, from a printed table: 1 and 2 degrees of freedom.
 T1, T2 = 12.706204736174707, 4.302652729749464
@@ -172,9 +174,8 @@ def test_cli_prints_reference_leaderboard(tmp_path: Path) -> None:
         cwd=REPO, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "| qwen3-4b | pkl | 1 | 44.67 | 15.54 | 7.96 | 63.46 | 62.63 | 38.85 | **+3.82** |" in (
-        proc.stdout
-    )
+    row = "| qwen3-4b | pkl | authors | 1 | 44.67 | 15.54 | 7.96 | 63.46 | 62.63 | 38.85 |"
+    assert row + " **+3.82** |" in proc.stdout
     assert "| +0.5 |" in proc.stdout and "+0.516" in proc.stdout and "+1.302" in proc.stdout
     assert "12/12 rows" in proc.stdout
 
@@ -232,3 +233,32 @@ def test_wandb_table_offline(sweep: Path, tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("WANDB_SILENT", "true")
     report.build_report(sweep, tmp_path / "out", figures=False, use_wandb=True)
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_semantics_preset_is_a_column_and_mixed_presets_are_flagged(tmp_path: Path) -> None:
+    q = ["qwen3-4b"]
+    for sem, m in (("authors", 0.40), ("xbench", 0.46)):
+        for name in ("gold", "pkl"):
+            score = {"mmlu": m + (0.02 if name == "pkl" else 0)}
+            write_run(tmp_path, f"{sem}/{name}", teachers=q, method=name, seed=0, scores=score,
+                      semantics=sem)  # fmt: skip
+    tidy = report.load_runs(tmp_path)
+    assert set(tidy["semantics"]) == {"authors", "xbench"}
+    lb = report.leaderboard(tidy)
+    assert len(lb) == 4  # one row per (method, preset): presets are never averaged together
+    # Delta vs GOLD compares within one preset: +2 points in both.
+    delta = {(r["semantics"], r["method"]): r[DELTA_COL] for _, r in lb.iterrows()}
+    assert delta == pytest.approx(
+        {("authors", "gold"): 0.0, ("authors", "pkl"): 2.0, ("xbench", "gold"): 0.0,
+         ("xbench", "pkl"): 2.0}
+    )  # fmt: skip
+    md = report.format_markdown(lb)
+    assert "| teachers | method | semantics | seeds |" in md
+    assert "WARNING: rows use different loss formulas (kd.semantics: authors, xbench)" in md
+    assert "| - |" not in md  # "-" only marks rows without a teacher
+    one = report.format_markdown(report.leaderboard(tidy[tidy["semantics"] == "authors"]))
+    assert "WARNING" not in one and "authors" in one
+    # Tables written before the column existed still read back (semantics empty).
+    old = tmp_path / "old_tidy.csv"
+    tidy.drop(columns=["semantics"]).to_csv(old, index=False)
+    assert report.read_tidy(old)["semantics"].isna().all()

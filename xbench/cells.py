@@ -60,6 +60,8 @@ def resolve_cell(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
         "method": resolved.method,
         "alpha": float(cfg.kd.alpha) if _uses(teachers, "xtoken") else None,
         "rank": int(cfg.kd.rank) if _uses(teachers, "pkl", "hkl", "xtoken") else None,
+        # Which formula set produced the cell (xbench.losses.presets); none without a teacher.
+        "semantics": str(cfg.kd.get("semantics", "xbench")) if teachers else None,
         "seed": int(cfg.seed),
     }
     return resolved, identity

@@ -22,7 +22,7 @@ from xbench.data import Collator, PairDataset, Side, StepBatches, load_texts, pa
 from xbench.memory import use_checkpointing
 from xbench.metrics import numeral_ids, numeral_stats
 from xbench.models import load_model, load_tokenizer
-from xbench.objective import Objective, build_teachers
+from xbench.objective import Objective, build_teachers, is_mean_key
 from xbench.tokenpair.canon import canonical_vocab
 
 
@@ -139,7 +139,10 @@ class Session:
     def forward_backward(
         self, micro: list[dict[str, Any]], with_stats: bool = True
     ) -> tuple[dict[str, torch.Tensor], int]:
-        """Accumulate the gradients of one optimizer step; returns summed logs and token count."""
+        """Accumulate the gradients of one optimizer step; returns its logs and token count.
+
+        Losses are shares of the step's global sum and are summed over micro-batches and ranks;
+        ratios and weights (``objective.is_mean_key``) are averaged."""
         info = self.info
         amp = (
             torch.autocast("cuda", dtype=torch.bfloat16)
@@ -170,8 +173,11 @@ class Session:
                 for k, v in stats.items():
                     logs[f"_num_{k}"] = logs.get(f"_num_{k}", 0) + v.float()
             n_tokens += int(batch["attention_mask"].sum())
+        n_micro = len(micro) * info.world_size
         for k in list(logs):
             logs[k] = distributed.all_reduce_sum(logs[k].clone())
+            if is_mean_key(k):
+                logs[k] = logs[k] / n_micro
         return logs, n_tokens
 
     def optimizer_step(self) -> torch.Tensor:

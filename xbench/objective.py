@@ -1,13 +1,18 @@
-"""The one place that mixes CE and the teachers' KD losses; the loop never knows which loss runs.
+"""Teachers -> per-teacher KD losses -> one micro-batch objective; the loop never knows which loss.
 
-Per micro-batch::
+Per micro-batch, with N_ce and N_i the *global* unit counts of the whole optimizer step (all
+micro-batches, all ranks)::
 
-    L = CE_sum / N_ce  +  KD,   KD = sum_i w_i * KD_i_sum / N_i          (mix.mode = fixed: weights)
-    L = sg(CE / KD) * KD + CE                                            (mix.mode = dynamic, paper)
+    CE = CE_sum / N_ce,   KD_i = KD_i_sum / N_i,   KD = sum_i w_i KD_i
+    L  = mix(CE, KD)      (xbench.losses.combine.mix_ce_kd: dynamic sg(|CE|/|KD|) KD + CE, or fixed)
 
-with N_ce and N_i the *global* unit counts of the whole optimizer step (all micro-batches, all
-ranks), so the sum of the micro-batch losses is the step's global mean and does not depend on how
-the step is split. Under ``dynamic`` the ratio sg(CE/KD) uses the micro-batch's own means.
+so the sum of the micro-batch losses is the step's objective. Weights w_i and the mix come from
+:mod:`xbench.losses.combine`, the only place that mixes; knobs are checked by
+:func:`xbench.losses.options.check_kd_options` before any teacher is loaded.
+
+Logged values: losses (``train/loss*``) are divided by global counts, so the loop *sums* them over
+micro-batches and ranks; ratios and weights (:data:`MEAN_KEYS`) are per micro-batch and the loop
+*averages* them.
 """
 
 from __future__ import annotations
@@ -23,24 +28,34 @@ from xbench import distributed
 from xbench.losses import get as get_loss
 from xbench.losses.base import LossOutput
 from xbench.losses.combine import (
-    adaptive_teacher_weights,
     average_teacher_logits,
-    best_teacher,
+    mix_ce_kd,
+    score_kind,
     teacher_scores,
+    teacher_weights,
 )
+from xbench.losses.options import check_kd_options, effective_kd, hybrid_beta
 from xbench.losses.pkl import LearnableProjection
+from xbench.losses.presets import exact_pairs_from_w, loss_kwargs
 from xbench.models import head_size, load_model, load_tokenizer
 from xbench.teacher import TeacherRunner
 from xbench.tokenpair import projection as proj_mod
 
-CROSS = ("uld", "gold", "pkl", "hkl", "xtoken")
-# Multi-teacher combination (kd.multi_teacher): static weights (paper default), softmax over
-# per-batch teacher scores (-CE, -entropy, max-prob), the best teacher per batch, or the
-# weighted average of same-vocabulary teachers' logits.
-MULTI = ("static", "softmax_ce", "softmax_entropy", "softmax_maxprob", "best", "logit_avg")
 # kd.kl (config vocabulary) -> the kd loss's divergence name.
 _DIVERGENCE = {"forward": "forward_kl", "reverse": "reverse_kl", "jsd": "jsd"}
-_SCORE = {"softmax_ce": "neg_ce", "softmax_entropy": "neg_entropy", "softmax_maxprob": "max_prob"}
+# Logged per micro-batch as ratios or weights: the loop averages these over micro-batches and
+# ranks (every other logged value is a share of the step's global sum, and is summed).
+MEAN_KEYS = (
+    "train/kd_scale",
+    "train/kd_scale_capped",
+    "train/teacher_weight/",
+    "train/kd_negative/",
+)
+
+
+def is_mean_key(key: str) -> bool:
+    """Whether a logged key is a per-micro-batch ratio (averaged, not summed, over a step)."""
+    return any(key == k or (k.endswith("/") and key.startswith(k)) for k in MEAN_KEYS)
 
 
 @dataclass
@@ -61,11 +76,12 @@ class Teacher:
 
 def build_teachers(cfg: DictConfig, s_tok: Any, student: nn.Module, device: str) -> list[Teacher]:
     """Load every teacher of the cell, check its vocabulary, and build W / common pairs."""
+    check_kd_options(cfg)  # every kd:/mix: knob is read or refused, before any model loads
     out: list[Teacher] = []
     s_fp = proj_mod.tokenizer_fingerprint(s_tok)
     for i, spec in enumerate(cfg.get("teachers") or []):
         field_name = f"teachers[{i}]"
-        kd = {**OmegaConf.to_container(cfg.kd, resolve=True), **(spec.get("kd") or {})}
+        kd = effective_kd(cfg, i)
         tok = load_tokenizer(spec.tokenizer)
         # Teachers built from a config get their own seed (not the student's init).
         model = load_model(
@@ -92,9 +108,10 @@ def build_teachers(cfg: DictConfig, s_tok: Any, student: nn.Module, device: str)
                 )
             distributed.fully_shard_model(model)
         ident = f"{spec.model}|{proj_mod.tokenizer_fingerprint(tok)}"
-        runner = TeacherRunner(model, ident, top_k=int(kd["topk"]), cache_dir=cache)
+        runner = TeacherRunner(model, ident, top_k=int(kd["teacher_cache_topk"]), cache_dir=cache)
         t = Teacher(spec.name, method, float(spec.weight), kd, tok, runner, same)
-        if method in ("pkl", "hkl", "xtoken"):
+        authors_gold = method == "gold" and kd["semantics"] == "authors"
+        if method in ("pkl", "hkl", "xtoken") or authors_gold:
             t.projection = proj_mod.load_or_build(
                 s_tok,
                 tok,
@@ -104,7 +121,10 @@ def build_teachers(cfg: DictConfig, s_tok: Any, student: nn.Module, device: str)
                 student_head_size=head_size(student),
                 teacher_head_size=head_size(model),
             )
-        if method == "gold":
+        if authors_gold:  # the authors read GOLD's exact map from W's one-hot rows
+            assert t.projection is not None
+            t.pairs = exact_pairs_from_w(t.projection.indices, t.projection.weights)
+        elif method == "gold":
             t.pairs = proj_mod.exact_common_pairs(s_tok, tok, semantics=str(kd["gold_semantics"]))
         elif method in ("hkl", "xtoken"):
             assert t.projection is not None
@@ -119,10 +139,8 @@ class Objective(nn.Module):
     def __init__(self, cfg: DictConfig, teachers: list[Teacher]) -> None:
         super().__init__()
         self.teachers = teachers
-        self.mix = OmegaConf.to_container(cfg.mix, resolve=True)
+        self.mix = {"max_scale": 1000.0, **OmegaConf.to_container(cfg.mix, resolve=True)}
         self.multi = str(cfg.kd.multi_teacher)
-        if self.multi not in MULTI:
-            raise ValueError(f"kd.multi_teacher must be one of {MULTI}; got {self.multi!r}.")
         if self.multi == "logit_avg" and not all(
             t.same_tokenizer and t.method == "kd" for t in teachers
         ):
@@ -167,11 +185,24 @@ class Objective(nn.Module):
         return t.projection.indices, weights
 
     def _note(self, i: int, t_logits: Tensor, labels: Tensor) -> None:
-        """Score teacher ``i`` now when adaptive weights will need it."""
-        if self.multi != "static" and len(self.teachers) > 1:
-            self._scores[i] = teacher_scores(
-                t_logits, labels, kind=_SCORE.get(self.multi, "neg_ce")
-            )
+        """Score teacher ``i`` now when adaptive weights will need it (no logits are kept)."""
+        if self.multi not in ("static", "logit_avg") and len(self.teachers) > 1:
+            self._scores[i] = teacher_scores(t_logits, labels, kind=score_kind(self.multi))
+
+    def _kd_loss(self, kd: dict[str, Any], s_logits: Tensor, t_logits: Tensor, labels: Tensor):
+        """Same-tokenizer KD with every knob it reads (divergence, beta, T, teacher top-k)."""
+        preset = loss_kwargs(str(kd["semantics"]), "kd")
+        return get_loss("kd")(
+            s_logits,
+            t_logits[..., : s_logits.shape[-1]],
+            labels,
+            divergence=_DIVERGENCE[kd["kl"]],
+            beta=float(kd["beta"]),
+            temperature=float(kd["temperature"]),
+            top_k=int(kd["topk"]),
+            chunk_size=int(kd["loss_chunk_size"]) or None,
+            **preset,
+        )
 
     def teacher_loss(
         self, i: int, t: Teacher, s_logits: Tensor, batch: dict[str, Any]
@@ -182,15 +213,7 @@ class Objective(nn.Module):
         if t.same_tokenizer:
             t_logits = t.runner.logits(batch["input_ids"], batch["attention_mask"])
             self._note(i, t_logits, batch["labels"])
-            div = _DIVERGENCE[kd["kl"]]
-            return get_loss("kd")(
-                s_logits,
-                t_logits[..., : s_logits.shape[-1]],
-                batch["labels"],
-                divergence=div,
-                beta=float(kd["beta"]),
-                temperature=float(kd["temperature"]),
-            )
+            return self._kd_loss(kd, s_logits, t_logits, batch["labels"])
         t_logits = t.runner.logits(tb["input_ids"], tb["attention_mask"])
         self._note(i, t_logits, tb["input_ids"].masked_fill(tb["attention_mask"] == 0, -100))
         al = tb["align"]
@@ -199,19 +222,31 @@ class Objective(nn.Module):
             chunk_method=str(kd["chunk_method"]),
             student_ids=batch["input_ids"],
             teacher_ids=tb["input_ids"],
-            chunk_size=int(kd["loss_chunk_size"]),
+            chunk_size=int(kd["loss_chunk_size"]) or None,
         )
         args = (s_logits, t_logits, al.student_chunk, al.teacher_chunk, al.chunk_mask)
-        beta = float(kd["beta"]) if kd["kl"] == "jsd" else 0.0
+        # kd.kl as the generalized-JSD beta of the hybrid and projected losses (0 = forward KL).
+        beta = hybrid_beta(kd)
+        weights: str | tuple[float, float] = (
+            (float(kd["gold_matched_weight"]), float(kd["gold_unmatched_weight"]))
+            if kd["gold_weights"] == "fixed"
+            else "adaptive"
+        )
+        # kd.semantics: the preset's keyword arguments override xbench's (chunk averaging,
+        # weights, truncation, T^2, column rule; xbench.losses.presets).
+        preset = loss_kwargs(str(kd["semantics"]), t.method)
+        if "weights" in preset:
+            weights = preset.pop("weights")
+        common.update(preset)
         if t.method == "uld":
             return get_loss("uld")(*args, **common)
         if t.method in ("gold", "hkl"):
             assert t.pairs is not None
-            return get_loss(t.method)(
-                *args, *t.pairs, beta=beta, weights=str(kd["gold_weights"]), **common
-            )
+            return get_loss(t.method)(*args, *t.pairs, beta=beta, weights=weights, **common)
         if t.method == "pkl":
-            return get_loss("pkl")(*args, *self._w(i, t), top_k=int(kd["topk"]), **common)
+            return get_loss("pkl")(
+                *args, *self._w(i, t), top_k=int(kd["topk"]), beta=beta, **common
+            )
         if t.method == "xtoken":
             assert t.pairs is not None
             return get_loss("xtoken")(
@@ -221,7 +256,7 @@ class Objective(nn.Module):
                 alpha=float(kd["alpha"]),
                 top_k=int(kd["topk"]),
                 beta=beta,
-                weights=str(kd["gold_weights"]),
+                weights=weights,
                 **common,
             )
         raise ValueError(f"unknown method {t.method!r}")
@@ -232,77 +267,54 @@ class Objective(nn.Module):
         """The micro-batch loss (already divided by global counts) and its logged parts."""
         ce = get_loss("ce")(s_logits, batch["labels"])
         ce_part = ce.total / counts["ce"]
-        parts: dict[str, Tensor] = {"train/loss_ce": ce_part.detach()}
         if not self.teachers:
-            parts["train/loss"] = ce_part.detach()
-            return ce_part, parts
+            return ce_part, {"train/loss_ce": ce_part.detach(), "train/loss": ce_part.detach()}
+        parts: dict[str, Tensor] = {}
         if self.multi == "logit_avg" and len(self.teachers) > 1:
-            return self._logit_average(s_logits, batch, counts, ce_part, parts)
-        kd_parts = []
-        for i, t in enumerate(self.teachers):
-            out = self.teacher_loss(i, t, s_logits, batch)
-            n = counts[f"t{i}"]
-            kd_i = out.total / n
-            kd_parts.append(kd_i)
-            parts[f"train/loss_kd/t{i}"] = kd_i.detach()
-            for k, v in out.components.items():
-                parts[f"train/kd/t{i}/{k}"] = (v / n).detach()
-        kd = self._combine(kd_parts, parts)
-        return self._mix(ce_part, kd, parts)
-
-    def _mix(
-        self, ce_part: Tensor, kd: Tensor, parts: dict[str, Tensor]
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        parts["train/loss_kd"] = kd.detach()
-        if self.mix["mode"] == "dynamic":
-            # sg(CE/KD): KD's gradient is rescaled to CE's magnitude (paper, Eq. dynamic scaling).
-            scale = (ce_part / kd.clamp_min(1e-8)).detach()
-            loss = scale * kd + ce_part
-            parts["train/kd_scale"] = scale
-        elif self.mix["mode"] == "fixed":
-            loss = float(self.mix["ce_weight"]) * ce_part + float(self.mix["kd_weight"]) * kd
+            kd = self._logit_average(s_logits, batch, counts, parts)
         else:
-            raise ValueError(f"mix.mode must be dynamic or fixed; got {self.mix['mode']!r}.")
-        parts["train/loss"] = loss.detach()
+            kd_parts = []
+            for i, t in enumerate(self.teachers):
+                out = self.teacher_loss(i, t, s_logits, batch)
+                n = counts[f"t{i}"]
+                kd_i = out.total / n
+                kd_parts.append(kd_i)
+                parts[f"train/loss_kd/t{i}"] = kd_i.detach()
+                parts[f"train/kd_negative/t{i}"] = (kd_i.detach() < 0).float()
+                for k, v in out.components.items():
+                    parts[f"train/kd/t{i}/{k}"] = (v / n).detach()
+            scores = None
+            if self.multi not in ("static", "logit_avg") and len(self.teachers) > 1:
+                scores = [self._scores[i] for i in range(len(kd_parts))]
+            w = teacher_weights(self.multi, [t.weight for t in self.teachers], scores)
+            if scores is not None:
+                for i, wi in enumerate(w):
+                    parts[f"train/teacher_weight/t{i}"] = wi.detach()
+            kd = (torch.stack(kd_parts) * w.to(kd_parts[0])).sum()
+        loss, logs = mix_ce_kd(
+            ce_part,
+            kd,
+            mode=self.mix["mode"],
+            ce_weight=float(self.mix["ce_weight"]),
+            kd_weight=float(self.mix["kd_weight"]),
+            max_scale=float(self.mix["max_scale"]),
+        )
+        parts.update({f"train/{k}": v for k, v in logs.items()})
         return loss, parts
-
-    def _combine(self, kd_parts: list[Tensor], parts: dict[str, Tensor]) -> Tensor:
-        """KD = sum_i w_i KD_i with static, softmax-adaptive or best-teacher weights."""
-        if self.multi == "static" or len(kd_parts) == 1:
-            w = torch.tensor([t.weight for t in self.teachers], device=kd_parts[0].device)
-        else:
-            scores = torch.stack([self._scores[i] for i in range(len(self.teachers))])
-            if self.multi == "best":
-                w = torch.zeros_like(scores)
-                w[best_teacher(scores)] = 1.0
-            else:
-                w = adaptive_teacher_weights(scores)
-            for i, wi in enumerate(w):
-                parts[f"train/teacher_weight/t{i}"] = wi.detach()
-        return (torch.stack(kd_parts) * w.to(kd_parts[0].dtype)).sum()
 
     def _logit_average(
         self,
         s_logits: Tensor,
         batch: dict[str, Any],
         counts: dict[str, Tensor],
-        ce_part: Tensor,
         parts: dict[str, Tensor],
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> Tensor:
         """One KD against the weighted average of same-vocabulary teachers' logits."""
         logits = [t.runner.logits(batch["input_ids"], batch["attention_mask"])[
             ..., : s_logits.shape[-1]] for t in self.teachers]  # fmt: skip
         avg = average_teacher_logits(logits, [t.weight for t in self.teachers])
-        kd0 = self.teachers[0].kd
-        div = _DIVERGENCE[kd0["kl"]]
-        out = get_loss("kd")(
-            s_logits,
-            avg,
-            batch["labels"],
-            divergence=div,
-            beta=float(kd0["beta"]),
-            temperature=float(kd0["temperature"]),
-        )
+        out = self._kd_loss(self.teachers[0].kd, s_logits, avg, batch["labels"])
         kd = out.total / counts["t0"]
         parts["train/loss_kd/avg"] = kd.detach()
-        return self._mix(ce_part, kd, parts)
+        parts["train/kd_negative/avg"] = (kd.detach() < 0).float()
+        return kd

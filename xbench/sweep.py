@@ -202,7 +202,8 @@ def _print_plan(cfg: DictConfig, resolved: DictConfig, cell: dict[str, Any]) -> 
     print(
         f"CELL {cfg.experiment} cell={cell['name']} seed={cell['seed']} "
         f"student={cell['student']} teachers={cell['teachers']} method={cell['method']} "
-        f"alpha={cell['alpha']} rank={cell['rank']} resources={json.dumps(res, sort_keys=True)} "
+        f"alpha={cell['alpha']} rank={cell['rank']} semantics={cell.get('semantics')} "
+        f"resources={json.dumps(res, sort_keys=True)} "
         f"cmd: {cmd}",
         flush=True,
     )

@@ -26,6 +26,10 @@ Two chunk distributions, selected by name and recorded by the caller in its conf
     sub-vectors (GOLD/H-KL common KL, ULD) also see the prefix factor. For one-token chunks both
     methods equal the plain next-token distribution.
 
+``logmean`` (the authors' NeMo RL code, used by ``kd.semantics=authors``)
+    log q_c = (1/n) * sum_{k=i}^{j} log softmax(z_{k-1} / T): the mean of log-probabilities, not
+    renormalised (exp(log q_c) is a geometric mean and sums to <= 1).
+
 Indexing is vectorized: a :class:`ChunkIndex` lists, for every token of every valid chunk, the flat
 row (b * T + p - 1) of the logits that predicts it and the chunk's row among the valid chunks.
 """
@@ -50,8 +54,8 @@ __all__ = [
     "token_slices",
 ]
 
-ChunkMethod = Literal["mean", "chain"]
-CHUNK_METHODS: tuple[str, ...] = ("mean", "chain")
+ChunkMethod = Literal["mean", "chain", "logmean"]
+CHUNK_METHODS: tuple[str, ...] = ("mean", "chain", "logmean")
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,11 @@ def rows_log_probs(
         if grad:
             return torch.log(probs.clamp_min(tiny)) - log_norm
         return probs.clamp_min_(tiny).log_().sub_(log_norm)
+    if method == "logmean":
+        lp = F.log_softmax(z, dim=-1)  # (P, V)
+        counts = (index.offsets[start + 1 : end + 1] - index.offsets[start:end]).to(lp.dtype)
+        summed = lp.new_zeros(n, lp.shape[1]).index_add(0, rows_idx, lp)  # (n, V)
+        return summed / counts[:, None]
     if method == "chain":
         lp = F.log_softmax(z, dim=-1)
         last = index.is_last[lo : lo + z.shape[0]]  # (P,)

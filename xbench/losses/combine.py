@@ -1,7 +1,22 @@
 """Mixing CE with distillation terms, and several teachers into one distillation term.
 
-Everything here takes already-computed :class:`LossOutput` sums (or normalized scalars) and
+The trainer's objective (``xbench/objective.py``) calls :func:`teacher_weights` and
+:func:`mix_ce_kd` once per micro-batch; nothing else mixes CE and KD. Everything here takes scalars
+already divided by the optimizer step's *global* unit counts (all micro-batches, all ranks) and
 returns a scalar to back-propagate plus detached logs; no model, no optimizer.
+
+What a KD term can look like (why the scale uses absolute values):
+  * KL, JSD, ULD and P-KL are >= 0.
+  * GOLD's and H-KL's common-set term is a divergence on *sub-vectors* of the two full-vocabulary
+    distributions (the pairs (s_j, t_j)), not renormalised over the common set, so it can be
+    negative. Forward KL on the pairs, sum_j p_T[t_j] (log p_T[t_j] - log p_S[s_j]), with teacher
+    common mass M = sum_j p_T[t_j] and the student free to put up to all its mass on the pairs, is
+    minimised by p_S[s_j] = p_T[t_j] / M, where it equals M log M >= -1/e (at M = 1/e). Reverse KL
+    on the pairs has the minimum -M/e >= -1/e. So per chunk KD >= -w_common / e (times T^2 where
+    the convention has it): negative whenever the student puts relatively more mass on the common
+    set than the teacher, which is the normal case early in training.
+  * A signed ratio sg(CE / KD) then flips the sign of the KD gradient, and a ratio over a KD near 0
+    explodes (the trainer once logged kd_scale = 1.2e9 and loss = -4e7 this way).
 """
 
 from __future__ import annotations
@@ -13,67 +28,121 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xbench.losses.base import LossOutput
 from xbench.losses.ce import shifted_valid_rows
 
 __all__ = [
+    "MIX_MODES",
+    "MULTI_TEACHER",
     "adaptive_teacher_weights",
     "average_teacher_logits",
     "best_teacher",
-    "combine_ce_kd",
+    "mix_ce_kd",
     "teacher_scores",
+    "teacher_weights",
     "weighted_teachers",
 ]
 
+MIX_MODES = ("dynamic", "fixed")
+# kd.multi_teacher: static weights (paper default), softmax over per-batch teacher scores (-CE,
+# -entropy, max-prob), the best teacher per batch, or one KD against the weighted average of
+# same-vocabulary teachers' logits (handled by the objective, which averages before the loss).
+MULTI_TEACHER = ("static", "softmax_ce", "softmax_entropy", "softmax_maxprob", "best", "logit_avg")
+_SCORE = {"softmax_ce": "neg_ce", "softmax_entropy": "neg_entropy", "softmax_maxprob": "max_prob"}
 
-def _norm(out: LossOutput, denom: float | Tensor | None) -> Tensor:
-    """total / denom, denom defaulting to the local count; 0 (not NaN) when nothing is valid."""
-    d = out.count if denom is None else torch.as_tensor(denom)
-    return out.total / d.clamp_min(1).to(out.total.dtype)
 
-
-def combine_ce_kd(
-    ce: LossOutput,
-    kd: LossOutput,
+def mix_ce_kd(
+    ce: Tensor,
+    kd: Tensor,
     *,
     mode: Literal["dynamic", "fixed"] = "dynamic",
     ce_weight: float = 1.0,
     kd_weight: float = 1.0,
-    ce_denom: float | Tensor | None = None,
-    kd_denom: float | Tensor | None = None,
+    max_scale: float = 1.0e3,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """L = ce_weight * CE + s * KD, with CE = ce.total / ce_denom and KD = kd.total / kd_denom.
+    """The micro-batch loss from its CE and KD parts (both already divided by global counts).
 
-    ``dynamic`` (X-Token paper): s = sg(CE / KD), so L = sg(CE/KD) * KD + CE -- the KD gradient is
-    rescaled to CE's magnitude (s = 0 when KD is 0). ``fixed``: s = kd_weight.
+    ``dynamic`` (the authors' code, paper Eq. "dynamic scaling"):
 
-    Gradient accumulation: pass the optimizer step's global counts as ``ce_denom``/``kd_denom``
-    (the sums of ``count`` over micro-batches and ranks). With ``fixed`` the accumulated loss is
-    then exactly the full-batch loss; with ``dynamic`` the detached scale is computed from the
-    micro-batch's own values (a per-micro-batch ratio; exact only without accumulation).
+        L = s * KD + CE,   s = sg( min(|CE| / |KD|, max_scale) )
+
+    The value is CE + sign(KD) |CE| (2 CE when KD > 0, 0 when KD < 0), so |L| <= 2 |CE| always;
+    the gradient is CE's plus KD's rescaled to CE's magnitude. Absolute values keep the KD
+    gradient's sign when GOLD/H-KL's sub-vector KD is negative (module docstring). The explicit
+    rule for a tiny |KD|: s is capped at ``max_scale`` (``capped`` = 1 is logged), so a KD that
+    passes through 0 cannot blow up the step; KD == 0 gives s = max_scale and a KD gradient
+    that is 0 at that point anyway. ``ce_weight``/``kd_weight`` are not used (the authors ignore
+    fixed weights under dynamic scaling; the config check refuses setting them).
+
+    ``fixed``: L = ce_weight * CE + kd_weight * KD.
+
+    Because both parts are divided by the step's global counts, s of a micro-batch is the ratio of
+    its *shares* of the step's CE and KD; the sum of the micro-batch values is the step's loss.
+    Under ``dynamic`` the scale is per micro-batch (as in the authors' code), so the update depends
+    on how a step is split into micro-batches; ``fixed`` does not.
+
+    Args:
+        ce, kd: scalars (``kd`` carries the graph of every teacher's KD).
+        mode: ``"dynamic"`` or ``"fixed"``.
+        ce_weight, kd_weight: fixed weights.
+        max_scale: cap of the dynamic scale (> 0).
 
     Returns:
-        (loss scalar, {"loss_ce", "loss_kd", "kd_scale"} detached).
+        (loss, {"loss", "loss_ce", "loss_kd", "kd_scale", "kd_scale_capped"} detached; the last
+        two only under ``dynamic``).
     """
-    ce_v, kd_v = _norm(ce, ce_denom), _norm(kd, kd_denom)
     if mode == "dynamic":
-        # The ratio is taken from local means so that it does not depend on the denominators.
-        ce_m, kd_m = ce.mean().detach(), kd.mean().detach()
-        scale = torch.where(kd_m.abs() > 0, ce_m / kd_m.abs().clamp_min(1e-30), 0.0)
+        if not max_scale > 0:
+            raise ValueError(f"mix.max_scale={max_scale} must be > 0; the default is 1000.")
+        ratio = ce.detach().abs() / kd.detach().abs().clamp_min(torch.finfo(kd.dtype).tiny)
+        capped = ratio > max_scale
+        scale = ratio.clamp_max(max_scale)
+        loss = scale * kd + ce
+        logs = {"kd_scale": scale, "kd_scale_capped": capped.to(kd.dtype)}
     elif mode == "fixed":
-        scale = torch.as_tensor(kd_weight, dtype=kd_v.dtype)
+        loss = ce_weight * ce + kd_weight * kd
+        logs = {}
     else:
-        raise ValueError(f"mode={mode!r}: 'dynamic' or 'fixed'")
-    loss = ce_weight * ce_v + scale * kd_v
-    return loss, {"loss_ce": ce_v.detach(), "loss_kd": kd_v.detach(), "kd_scale": scale.detach()}
+        raise ValueError(f"mix.mode={mode!r}; use one of {MIX_MODES}.")
+    logs.update(loss=loss.detach(), loss_ce=ce.detach(), loss_kd=kd.detach())
+    return loss, logs
+
+
+def teacher_weights(
+    multi: str, static: Sequence[float], scores: Sequence[Tensor] | None = None
+) -> Tensor:
+    """Per-teacher weights w_i of KD = sum_i w_i KD_i for one micro-batch.
+
+    ``static``: the configured weights (paper: 0.2 Llama-3.2-3B, 0.8 Phi-4-mini). ``softmax_*``:
+    softmax of the teachers' scores (:func:`teacher_scores`, temperature 1, detached). ``best``:
+    weight 1 on the highest-scoring teacher (score ``neg_ce``: the lowest teacher CE, the authors'
+    "select"), 0 elsewhere. One teacher: its static weight, whatever ``multi`` says.
+
+    Raises:
+        ValueError: unknown ``multi``, or scores missing for an adaptive rule.
+    """
+    if multi not in MULTI_TEACHER:
+        raise ValueError(f"kd.multi_teacher={multi!r}; use one of {MULTI_TEACHER}.")
+    w = torch.tensor([float(x) for x in static], dtype=torch.float32)
+    if multi in ("static", "logit_avg") or len(static) == 1:
+        return w
+    if scores is None:
+        raise ValueError(f"kd.multi_teacher={multi} needs per-teacher scores")
+    s = torch.stack([x.float().cpu() for x in scores])
+    if multi == "best":
+        out = torch.zeros_like(s)
+        out[best_teacher(s)] = 1.0
+        return out
+    return adaptive_teacher_weights(s)
+
+
+def score_kind(multi: str) -> str:
+    """The :func:`teacher_scores` kind an adaptive ``kd.multi_teacher`` rule reads."""
+    return _SCORE.get(multi, "neg_ce")
 
 
 def weighted_teachers(losses: Sequence[Tensor], weights: Sequence[float] | Tensor) -> Tensor:
-    """Static (or given) weighted sum sum_i w_i L_i of per-teacher normalized losses.
-
-    Each teacher keeps its own method (kd / hkl / pkl ...) and its own unit count; pass each as
-    its normalized scalar. The paper's best setting: weights (0.2 Llama-3.2-3B, 0.8 Phi-4-mini).
-    """
+    """sum_i w_i L_i of per-teacher normalised losses (each teacher keeps its own method and
+    unit count; pass each as its normalised scalar)."""
     if len(losses) != len(weights):
         raise ValueError(f"{len(losses)} teacher losses, {len(weights)} weights")
     w = torch.as_tensor(weights, dtype=losses[0].dtype, device=losses[0].device)

@@ -85,6 +85,8 @@ def hybrid_terms(
     beta: float,
     w_common: float,
     w_uncommon: float,
+    truncate: int | None = None,
+    factor: float = 1.0,
 ) -> dict[str, Tensor]:
     """Per-slice sums of the hybrid loss from chunk log-probabilities.
 
@@ -94,6 +96,8 @@ def hybrid_terms(
         beta: divergence on the pairs (``jsd`` convention of :func:`divergence_terms`: 0 = forward
             KL(p_T||p_S), 1 = reverse KL).
         w_common, w_uncommon: term weights.
+        truncate: ULD over the top ``truncate`` ranks only (:func:`sorted_l1`; authors: 8192).
+        factor: multiplies both terms (T^2 under the authors' convention, else 1).
 
     Returns:
         {"loss", "kl_common", "l1_uncommon", "student_mass_uncommon", "teacher_mass_common"}: sums.
@@ -117,7 +121,13 @@ def hybrid_terms(
     ps_u = ls[:, m:].exp()  # (n, |U_S|)
     pt_u = pt[:, m:]  # (n, |U_T|)
     # TRL skips the term when either side has no uncommon token; so do we.
-    l1 = sorted_l1(ps_u, pt_u).sum() if ps_u.shape[1] and pt_u.shape[1] else lq_s.new_zeros(())
+    l1 = (
+        sorted_l1(ps_u, pt_u, truncate).sum()
+        if ps_u.shape[1] and pt_u.shape[1]
+        else lq_s.new_zeros(())
+    )
+    if factor != 1.0:
+        div, l1 = div * factor, l1 * factor
     return {
         "loss": w_common * div + w_uncommon * l1,
         "kl_common": div.detach(),
@@ -144,8 +154,13 @@ def hybrid_loss(
     teacher_ids: Tensor | None = None,
     chunk_size: int | None = 256,
     use_checkpoint: bool = True,
+    truncate: int | None = None,
+    t2: bool = False,
 ) -> LossOutput:
-    """Shared body of ``gold`` and ``hkl`` (they differ only in how the pairs were built)."""
+    """Shared body of ``gold`` and ``hkl`` (they differ only in how the pairs were built).
+
+    ``truncate`` and ``t2`` select the authors' conventions (ULD over the top ranks only, both
+    terms times T^2); see :mod:`xbench.losses.presets`."""
     if common_student.shape != common_teacher.shape:
         raise ValueError("common_student and common_teacher must pair 1-to-1 (same length)")
     V_S, V_T = student_logits.shape[-1], teacher_logits.shape[-1]
@@ -154,8 +169,9 @@ def hybrid_loss(
     w_c, w_u = hybrid_weights(weights, int(cs.numel()), V_T)
 
     def term(lq_s: Tensor, lq_t: Tensor) -> dict[str, Tensor]:
-        return hybrid_terms(lq_s, lq_t, cs, ct, us, ut, beta, w_c, w_u)
+        return hybrid_terms(lq_s, lq_t, cs, ct, us, ut, beta, w_c, w_u, truncate, factor)
 
+    factor = temperature**2 if t2 else 1.0
     sums, n = cross_tokenizer_sums(
         student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, term,
         chunk_method=chunk_method, temperature=temperature, student_ids=student_ids,
@@ -188,6 +204,8 @@ def gold_loss(
     teacher_ids: Tensor | None = None,
     chunk_size: int | None = 256,
     use_checkpoint: bool = True,
+    truncate: int | None = None,
+    t2: bool = False,
 ) -> LossOutput:
     """GOLD hybrid loss, summed over valid chunks c:
 
@@ -208,6 +226,8 @@ def gold_loss(
         temperature, chunk_method, student_ids, teacher_ids: chunk distributions.
         chunk_size: max predicting rows (tokens) per side in one slice; use_checkpoint: under
             autograd, differentiate slice by slice during the forward (False: one graph).
+        truncate, t2: the authors' conventions (``kd.semantics=authors``): ULD over the top
+            ``truncate`` ranks without padding, both terms times T^2.
 
     Returns:
         LossOutput(total = sum over valid chunks, count = valid chunks, components = sums of
@@ -219,5 +239,5 @@ def gold_loss(
         student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask,
         common_student, common_teacher, beta=beta, weights=weights, temperature=temperature,
         chunk_method=chunk_method, student_ids=student_ids, teacher_ids=teacher_ids,
-        chunk_size=chunk_size, use_checkpoint=use_checkpoint,
+        chunk_size=chunk_size, use_checkpoint=use_checkpoint, truncate=truncate, t2=t2,
     )  # fmt: skip

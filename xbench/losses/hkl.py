@@ -29,6 +29,8 @@ def hkl_loss(
     teacher_ids: Tensor | None = None,
     chunk_size: int | None = 256,
     use_checkpoint: bool = True,
+    truncate: int | None = None,
+    t2: bool = False,
 ) -> LossOutput:
     """H-KL, summed over valid chunks c -- the GOLD hybrid of :func:`xbench.losses.gold.gold_loss`
 
@@ -40,11 +42,12 @@ def hkl_loss(
     in; W itself is fixed under H-KL. Default beta = 0 (forward KL on the pairs, the paper's
     "KL on the common pairs"); full-softmax sub-vectors, no T^2 (same conventions as gold).
 
-    Args and Returns: as :func:`xbench.losses.gold.gold_loss`.
+    Args and Returns: as :func:`xbench.losses.gold.gold_loss` (``truncate``, ``t2``: the authors'
+    conventions).
     """
     return hybrid_loss(
         student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask,
         common_student, common_teacher, beta=beta, weights=weights, temperature=temperature,
         chunk_method=chunk_method, student_ids=student_ids, teacher_ids=teacher_ids,
-        chunk_size=chunk_size, use_checkpoint=use_checkpoint,
+        chunk_size=chunk_size, use_checkpoint=use_checkpoint, truncate=truncate, t2=t2,
     )  # fmt: skip

@@ -72,6 +72,7 @@ def kd_loss(
     beta: float = 0.5,
     temperature: float = 1.0,
     top_k: int | None = None,
+    top_k_scope: Literal["position", "microbatch"] = "position",
     ignore_index: int = -100,
     chunk_size: int | None = 1024,
     use_checkpoint: bool = True,
@@ -85,6 +86,8 @@ def kd_loss(
 
     Teacher top-k (``top_k``): per position, keep the teacher's k largest logits, renormalize both
     distributions over those k columns (log-softmax of the gathered logits), and compare there.
+    ``top_k_scope="microbatch"`` (the authors' code): one set of k columns for the micro-batch,
+    the teacher's highest max-logit ids over every position, then the same per-position compare.
 
     Args:
         student_logits, teacher_logits: (B, T, V).
@@ -107,6 +110,13 @@ def kd_loss(
             f"kd needs one vocabulary; got V_S={student_logits.shape[-1]} "
             f"V_T={teacher_logits.shape[-1]} (use a cross-tokenizer loss)"
         )
+    if top_k_scope not in ("position", "microbatch"):
+        raise ValueError(f"top_k_scope={top_k_scope!r}: 'position' or 'microbatch'")
+    shared = None
+    if top_k is not None and top_k_scope == "microbatch" and top_k < teacher_logits.shape[-1]:
+        with torch.no_grad():
+            best = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1]).amax(0)
+            shared = torch.sort(best.topk(top_k).indices).values  # (k,)
     rows, _ = shifted_valid_rows(labels, ignore_index)
     s_flat = student_logits.reshape(-1, student_logits.shape[-1])  # (B*T, V)
     t_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])  # (B*T, V)
@@ -114,7 +124,9 @@ def kd_loss(
     def run(start: int, end: int, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         r = rows[start:end]
         zs, zt = s[r].float() / temperature, t[r].float() / temperature  # (n, V)
-        if top_k is not None and top_k < zt.shape[-1]:
+        if shared is not None:
+            zs, zt = zs[:, shared], zt[:, shared]
+        elif top_k is not None and top_k < zt.shape[-1]:
             cols = zt.topk(top_k, dim=-1).indices  # (n, k)
             zs, zt = zs.gather(1, cols), zt.gather(1, cols)
         lps, lpt = F.log_softmax(zs, -1), F.log_softmax(zt, -1)

@@ -16,12 +16,15 @@ from xbench.losses.chunks import (
     rows_log_probs,
     token_slices,
 )
+from xbench.losses.kd import divergence_terms
 
 __all__ = [
+    "Q_FLOOR",
     "LearnableProjection",
     "pkl_loss",
     "project",
     "projected_kl_terms",
+    "reachable_columns",
     "teacher_topk_columns",
 ]
 
@@ -110,6 +113,26 @@ def project(
     return q_t.t()  # (n, k)
 
 
+# Floor of the renormalised projected mass q|_S inside the log. Columns that no W row reaches are
+# removed from S before (see :func:`reachable_columns`), so the floor only meets reachable columns
+# whose projected mass underflowed; at 1e-10 (log = -23) one such column adds at most
+# p_T * 23 instead of float32 tiny's p_T * 87.
+Q_FLOOR = 1.0e-10
+
+
+def reachable_columns(w_indices: Tensor, w_weights: Tensor, v_t: int) -> Tensor:
+    """(R,) sorted teacher ids that some W row maps to with a positive weight.
+
+    Why: a teacher column outside this set has q = W^T p_S = 0 for every student, whatever the
+    student does; keeping it in S adds p_T (log p_T - log floor), a large constant with no
+    gradient, which inflates KD and so shrinks the dynamic scale sg(|CE|/|KD|). W's sparsity
+    pattern is fixed (learned values stay positive on it), so the set is fixed too.
+    """
+    hit = torch.zeros(v_t, dtype=torch.bool, device=w_indices.device)
+    hit[w_indices[w_weights.detach() > 0]] = True
+    return torch.nonzero(hit).squeeze(1)
+
+
 def projected_kl_terms(
     lq_s: Tensor,
     lq_t: Tensor,
@@ -118,39 +141,66 @@ def projected_kl_terms(
     columns: Tensor | None,
     top_k: int,
     temperature: float,
+    beta: float = 0.0,
+    reach: Tensor | None = None,
+    unreach: Tensor | None = None,
+    teacher_restricted: bool = False,
+    v_t: int | None = None,
 ) -> dict[str, Tensor]:
     """Per-slice sums of P-KL from chunk log-probabilities.
 
-    With S the column set (``columns``, or the chunk's own teacher top-k when None):
+    With S the column set (``columns``; or, when None, each chunk's own teacher top-k among the
+    ``reach`` columns; ``unreach`` = the other columns, only logged):
         pt = p_T[S] / sum p_T[S],  qt = q[S] / sum q[S],  q = W^T p_S,
-        KL_c = T^2 sum_{t in S} pt (log pt - log qt)   (forward KL(p_T || q) on S).
-    log q is floored at the smallest normal float: a teacher column that no student token maps
-    to has q = 0 (KL large but finite) and its floor carries no gradient.
+        KL_c = T^2 sum_{t in S} pt (log pt - log max(qt, Q_FLOOR))   (forward KL(p_T || q) on S)
+    ``beta`` > 0 replaces the forward KL by the generalized JSD_beta of
+    :func:`xbench.losses.kd.divergence_terms` on (pt, qt) (beta = 1: reverse KL(qt || pt)).
+    ``teacher_restricted``: ``lq_t`` is already (n, |columns|) and is used as log pt as it is
+    (the authors' teacher side: per-token log-softmax within the columns, averaged over the
+    chunk's tokens, not renormalised); ``v_t`` then gives the teacher width.
 
     Returns:
-        {"loss", "kl", "top1_agree", "proj_mass_in_topk", "teacher_mass_in_topk"}: sums.
+        {"loss", "kl", "top1_agree", "proj_mass_in_topk", "teacher_mass_in_topk",
+        "teacher_mass_unreachable"}: sums over the slice's chunks.
     """
-    v_t = lq_t.shape[1]
+    v_t = lq_t.shape[1] if v_t is None else v_t
     p_s = lq_s.exp()  # (n, V_S)
-    if columns is None and top_k < v_t:
-        cols = lq_t.topk(top_k, dim=-1).indices  # (n, k) per-chunk teacher top-k
-        q = project(p_s, w_indices, w_weights, None, v_t).gather(1, cols)
-        lt = lq_t.gather(1, cols)
+    if teacher_restricted:
+        assert columns is not None
+        q = project(p_s, w_indices, w_weights, columns, v_t)
+        lt = lq_t
+    elif columns is None:
+        cand = reach if reach is not None else torch.arange(v_t, device=lq_t.device)
+        if top_k < cand.numel():  # per-chunk teacher top-k among the candidate columns
+            cols = cand[lq_t[:, cand].topk(top_k, dim=-1).indices]  # (n, k)
+            q = project(p_s, w_indices, w_weights, None, v_t).gather(1, cols)
+            lt = lq_t.gather(1, cols)
+        else:
+            q = project(p_s, w_indices, w_weights, cand, v_t)
+            lt = lq_t[:, cand]
     else:
         q = project(p_s, w_indices, w_weights, columns, v_t)  # (n, k)
-        lt = lq_t if columns is None else lq_t[:, columns]
-    log_pt = lt - torch.logsumexp(lt, dim=-1, keepdim=True)
+        lt = lq_t[:, columns]
+    log_pt = lt if teacher_restricted else lt - torch.logsumexp(lt, dim=-1, keepdim=True)
     q_mass = q.sum(-1, keepdim=True)  # (n, 1)
-    log_qt = torch.log(q.clamp_min(torch.finfo(q.dtype).tiny)) - torch.log(
-        q_mass.clamp_min(torch.finfo(q.dtype).tiny)
+    tiny = torch.finfo(q.dtype).tiny
+    log_qt = (q / q_mass.clamp_min(tiny)).clamp_min(Q_FLOOR).log()
+    if beta == 0.0:
+        kl = (log_pt.exp() * (log_pt - log_qt)).sum() * temperature**2
+    else:
+        kl = divergence_terms(log_qt, log_pt, "jsd", beta).sum() * temperature**2
+    t_unreach = (
+        lq_t.detach()[:, unreach].exp().sum()
+        if unreach is not None and unreach.numel() and not teacher_restricted
+        else kl.new_zeros(())
     )
-    kl = (log_pt.exp() * (log_pt - log_qt)).sum() * temperature**2
     return {
         "loss": kl,
         "kl": kl.detach(),
         "top1_agree": (q.argmax(-1) == lt.argmax(-1)).sum().to(kl.dtype),
         "proj_mass_in_topk": (q_mass.squeeze(1) / p_s.sum(-1)).sum().detach(),
         "teacher_mass_in_topk": torch.logsumexp(lt, -1).exp().sum().detach(),
+        "teacher_mass_unreachable": t_unreach,
     }
 
 
@@ -164,12 +214,16 @@ def teacher_topk_columns(
     temperature: float = 1.0,
     teacher_ids: Tensor | None = None,
     chunk_size: int | None = 256,
-) -> Tensor | None:
+    allowed: Tensor | None = None,
+) -> Tensor:
     """The micro-batch's teacher top-k columns: the k teacher ids with the largest summed chunk
-    probability over the micro-batch's valid chunks (sorted ids). None when k >= V_T."""
+    probability over the micro-batch's valid chunks (sorted ids), chosen among ``allowed``
+    (sorted ids; default every column). All of ``allowed`` when k >= its size."""
     v_t = teacher_logits.shape[-1]
-    if top_k >= v_t:
-        return None
+    if allowed is None:
+        allowed = torch.arange(v_t, device=teacher_logits.device)
+    if top_k >= allowed.numel():
+        return allowed
     idx = build_chunk_index(teacher_chunk, chunk_mask, teacher_ids)
     flat = teacher_logits.reshape(-1, v_t)
     mass = teacher_logits.new_zeros(v_t, dtype=torch.float32)
@@ -186,7 +240,34 @@ def teacher_topk_columns(
                 mass += (
                     rows_log_probs(rows, idx, start, end, chunk_method, temperature).exp_().sum(0)
                 )
-    return torch.sort(mass.topk(top_k).indices).values
+    return torch.sort(allowed[mass[allowed].topk(top_k).indices]).values
+
+
+def column_sets(
+    teacher_logits: Tensor,
+    teacher_chunk: Tensor,
+    chunk_mask: Tensor,
+    w_indices: Tensor,
+    w_weights: Tensor,
+    top_k: int,
+    top_k_scope: TopKScope,
+    **chunk_kw: Any,
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    """(columns, reach, unreach) of one micro-batch: its shared top-k columns among the reachable
+    ones (None under ``top_k_scope="chunk"``), the reachable ids and the unreachable ids."""
+    v_t = teacher_logits.shape[-1]
+    reach = reachable_columns(w_indices, w_weights, v_t)
+    keep = torch.ones(v_t, dtype=torch.bool, device=reach.device)
+    keep[reach] = False
+    unreach = torch.nonzero(keep).squeeze(1)
+    if top_k_scope == "chunk":
+        return None, reach, unreach
+    if top_k_scope != "microbatch":
+        raise ValueError(f"top_k_scope={top_k_scope!r}: 'microbatch' or 'chunk'")
+    columns = teacher_topk_columns(
+        teacher_logits, teacher_chunk, chunk_mask, top_k, allowed=reach, **chunk_kw
+    )
+    return columns, reach, unreach
 
 
 @register("pkl")
@@ -201,12 +282,14 @@ def pkl_loss(
     *,
     top_k: int = 8192,
     top_k_scope: TopKScope = "microbatch",
+    beta: float = 0.0,
     temperature: float = 1.0,
     chunk_method: ChunkMethod = "mean",
     student_ids: Tensor | None = None,
     teacher_ids: Tensor | None = None,
     chunk_size: int | None = 256,
     use_checkpoint: bool = True,
+    authors: bool = False,
 ) -> LossOutput:
     """P-KL (X-Token), summed over valid chunks c:
 
@@ -223,7 +306,18 @@ def pkl_loss(
       with the largest summed chunk probability (:func:`teacher_topk_columns`); shared columns let
       the projection touch only the W entries landing in S.
       ``"chunk"``: each chunk's own teacher top-k (needs the full projected q per chunk; slower).
-    ``top_k >= V_T`` uses every column.
+    S only holds *reachable* columns (some W row maps there; :func:`reachable_columns`): an
+    unreachable column has q = 0 whatever the student does, a constant with no gradient that
+    would only inflate KD. Their teacher mass is logged (``teacher_mass_unreachable``) and
+    p_T is renormalised over S. ``top_k`` >= the number of reachable columns uses all of them.
+    log qt is floored at :data:`Q_FLOOR` (1e-10).
+    ``beta`` (kd.kl): 0 forward KL (the paper's), 1 reverse KL(q || p_T), else generalized JSD.
+
+    ``authors=True`` (``kd.semantics=authors``, the NeMo RL code): S = the k teacher ids with the
+    highest max-logit anywhere in the micro-batch (padding included, unreachable ids kept); the
+    student side is as above (chunk mean of probabilities, projected, renormalised within S); the
+    teacher side is log_softmax(z_T / T) within S per token, averaged over the chunk's tokens as
+    log-probabilities and not renormalised; chunk_method and top_k_scope are then unused.
 
     Args:
         student_logits: (B, Ts, V_S); teacher_logits: (B, Tt, V_T) (V_T = head width, W's V_T).
@@ -237,24 +331,30 @@ def pkl_loss(
     Returns:
         LossOutput(total = sum over chunks, count = valid chunks, components = sums of kl,
         top1_agree (argmax q|_S == argmax p^T|_S), proj_mass_in_topk (share of the projected
-        student mass inside S), teacher_mass_in_topk). >= 0; 0 when q|_S == p^T|_S.
+        student mass inside S), teacher_mass_in_topk, teacher_mass_unreachable). >= 0; 0 when
+        q|_S == p^T|_S.
     """
     if w_indices.shape[0] != student_logits.shape[-1]:
         raise ValueError(
             f"W has {w_indices.shape[0]} rows, student head {student_logits.shape[-1]}"
         )
-    columns = None
-    if top_k_scope == "microbatch":
-        columns = teacher_topk_columns(
-            teacher_logits, teacher_chunk, chunk_mask, top_k, chunk_method=chunk_method,
-            temperature=temperature, teacher_ids=teacher_ids, chunk_size=chunk_size,
-        )  # fmt: skip
-    elif top_k_scope != "chunk":
-        raise ValueError(f"top_k_scope={top_k_scope!r}: 'microbatch' or 'chunk'")
     idx = w_indices.long()
+    if authors:
+        return _pkl_authors(
+            student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, idx,
+            w_weights, top_k=top_k, beta=beta, temperature=temperature, chunk_size=chunk_size,
+            use_checkpoint=use_checkpoint,
+        )  # fmt: skip
+    columns, reach, unreach = column_sets(
+        teacher_logits, teacher_chunk, chunk_mask, idx, w_weights, top_k, top_k_scope,
+        chunk_method=chunk_method, temperature=temperature, teacher_ids=teacher_ids,
+        chunk_size=chunk_size,
+    )  # fmt: skip
 
     def term(lq_s: Tensor, lq_t: Tensor, w: Tensor) -> dict[str, Tensor]:
-        return projected_kl_terms(lq_s, lq_t, idx, w, columns, top_k, temperature)
+        return projected_kl_terms(
+            lq_s, lq_t, idx, w, columns, top_k, temperature, beta, reach, unreach
+        )
 
     sums, n = cross_tokenizer_sums(
         student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, term,
@@ -262,9 +362,68 @@ def pkl_loss(
         student_ids=student_ids, teacher_ids=teacher_ids, chunk_size=chunk_size,
         use_checkpoint=use_checkpoint,
     )  # fmt: skip
+    return _pkl_output(sums, n, student_logits, w_weights)
+
+
+def _pkl_output(
+    sums: dict[str, Tensor], n: int, student_logits: Tensor, w_weights: Tensor
+) -> LossOutput:
+    """LossOutput of P-KL's per-slice sums (a zero keeping both graphs when nothing is valid)."""
     count = torch.tensor(n, device=student_logits.device)
     if not sums:
         zero = student_logits.sum() * 0.0 + w_weights.sum() * 0.0
         return LossOutput(zero, count, {"kl": zero.detach()})
     total = sums.pop("loss")
     return LossOutput(total, count, {k: v.detach() for k, v in sums.items()})
+
+
+def max_logit_columns(teacher_logits: Tensor, top_k: int) -> Tensor:
+    """The authors' column rule: the k teacher ids with the highest logit anywhere in the
+    micro-batch (every position, padding included), sorted; all ids when k >= V_T."""
+    v_t = teacher_logits.shape[-1]
+    if top_k >= v_t:
+        return torch.arange(v_t, device=teacher_logits.device)
+    with torch.no_grad():
+        best = teacher_logits.detach().reshape(-1, v_t).amax(0)  # (V_T,)
+        return torch.sort(best.topk(top_k).indices).values
+
+
+def _pkl_authors(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    student_chunk: Tensor,
+    teacher_chunk: Tensor,
+    chunk_mask: Tensor,
+    idx: Tensor,
+    w_weights: Tensor,
+    *,
+    top_k: int,
+    beta: float,
+    temperature: float,
+    chunk_size: int | None,
+    use_checkpoint: bool,
+) -> LossOutput:
+    """P-KL with the authors' column rule and teacher averaging (see :func:`pkl_loss`)."""
+    v_t = teacher_logits.shape[-1]
+    columns = max_logit_columns(teacher_logits, top_k)
+
+    def teacher_side(rows: Tensor, t_idx: Any, start: int, end: int) -> Tensor:
+        z = rows[:, columns].float() / temperature  # (P, k)
+        lp = F.log_softmax(z, dim=-1)  # per token, within the k columns
+        lo = int(t_idx.offsets[start])
+        rows_idx = t_idx.chunk_row[lo : lo + lp.shape[0]] - start
+        counts = (t_idx.offsets[start + 1 : end + 1] - t_idx.offsets[start:end]).to(lp.dtype)
+        return lp.new_zeros(end - start, lp.shape[1]).index_add(0, rows_idx, lp) / counts[:, None]
+
+    def term(lq_s: Tensor, lq_t: Tensor, w: Tensor) -> dict[str, Tensor]:
+        return projected_kl_terms(
+            lq_s, lq_t, idx, w, columns, top_k, temperature, beta,
+            teacher_restricted=True, v_t=v_t,
+        )  # fmt: skip
+
+    sums, n = cross_tokenizer_sums(
+        student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, term,
+        (w_weights,), chunk_method="mean", temperature=temperature, chunk_size=chunk_size,
+        use_checkpoint=use_checkpoint, teacher_fn=teacher_side,
+    )  # fmt: skip
+    return _pkl_output(sums, n, student_logits, w_weights)

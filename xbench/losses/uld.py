@@ -35,20 +35,26 @@ class _SortedL1(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, a: Tensor, b: Tensor) -> Tensor:
+    def forward(ctx: Any, a: Tensor, b: Tensor, truncate: int | None = None) -> Tensor:
         sa, ia = _sort_desc(a, a.requires_grad)
         sb, ib = _sort_desc(b, b.requires_grad)
         sa, sb = sa.to(a.device), sb.to(b.device)
         m = min(sa.shape[1], sb.shape[1])
+        if truncate is not None:  # compare the top m ranks only; the tails are dropped
+            m = min(m, truncate)
+            sa, sb = sa.clone(), sb.clone()
+            sa[:, m:] = 0.0
+            sb[:, m:] = 0.0
         diff = sa[:, :m] - sb[:, :m]  # (n, m)
-        # Padding the shorter side with zeros makes each surplus entry contribute |value|.
+        # Padding the shorter side with zeros makes each surplus entry contribute |value|
+        # (truncated: the tails were zeroed above, so they contribute nothing).
         out = diff.abs().sum(1) + sa[:, m:].abs().sum(1) + sb[:, m:].abs().sum(1)  # (n,)
         ctx.save_for_backward(diff, sa[:, m:], sb[:, m:], *(t for t in (ia, ib) if t is not None))
         ctx.has = (ia is not None, ib is not None)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         diff, ta, tb, *idx = ctx.saved_tensors
         sign = diff.sign()  # (n, m)
         g = grad[:, None]
@@ -60,21 +66,25 @@ class _SortedL1(torch.autograd.Function):
             perm = next(it).to(grad.device)
             gs = torch.cat([s, tail.sign()], dim=1) * g  # (n, V_side) in sorted order
             grads[side] = torch.zeros_like(gs).scatter_(1, perm, gs)
-        return grads[0], grads[1]
+        return grads[0], grads[1], None
 
 
-def sorted_l1(a: Tensor, b: Tensor) -> Tensor:
+def sorted_l1(a: Tensor, b: Tensor, truncate: int | None = None) -> Tensor:
     """ULD distance per row: sum_r |sort_desc(a)_r - sort_desc(b)_r|, shorter side zero-padded.
+
+    With ``truncate`` = M: only ranks r < m = min(Va, Vb, M) are compared, no padding (the
+    authors' ``l1_uncommon``, M = 8192).
 
     Args:
         a: (n, Va) non-negative (probabilities, possibly a sub-vector).
         b: (n, Vb).
+        truncate: compare the top ``truncate`` ranks only (None: all, zero-padded).
 
     Returns:
         (n,) distances; identity-blind (any permutation of a row gives the same value); 0 iff the
         two rows are equal as multisets up to zero padding.
     """
-    return _SortedL1.apply(a.float(), b.float())
+    return _SortedL1.apply(a.float(), b.float(), truncate)
 
 
 @register("uld")
@@ -91,6 +101,8 @@ def uld_loss(
     teacher_ids: Tensor | None = None,
     chunk_size: int | None = 256,
     use_checkpoint: bool = True,
+    truncate: int | None = None,
+    t2: bool = False,
 ) -> LossOutput:
     """Universal Logit Distillation on aligned chunks:
         sum_{valid chunks c} sum_r | sort_desc(q^S_c)_r - sort_desc(q^T_c)_r |,
@@ -104,6 +116,7 @@ def uld_loss(
         temperature, chunk_method, student_ids, teacher_ids: chunk distributions.
         chunk_size: max predicting rows (tokens) per side in one slice; use_checkpoint: under
             autograd, differentiate slice by slice during the forward (False: one graph).
+        truncate: compare the top ranks only (:func:`sorted_l1`); t2: multiply by T^2.
 
     Returns:
         LossOutput(total = sum over valid chunks, count = valid chunks, components={"l1": total}).
@@ -111,7 +124,8 @@ def uld_loss(
     """
 
     def term(lq_s: Tensor, lq_t: Tensor) -> dict[str, Tensor]:
-        return {"l1": sorted_l1(lq_s.exp(), lq_t.exp()).sum()}
+        l1 = sorted_l1(lq_s.exp(), lq_t.exp(), truncate).sum()
+        return {"l1": l1 * temperature**2 if t2 else l1}
 
     sums, n = cross_tokenizer_sums(
         student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, term,

@@ -150,7 +150,7 @@ def _gold_row(lb: pd.DataFrame, row: pd.Series, method: str = "gold") -> pd.Seri
         def eq(col: str) -> pd.Series:
             return (same[col] == row[col]) | (same[col].isna() & pd.isna(row[col]))
 
-        same = same[eq("alpha") & eq("rank")]
+        same = same[eq("alpha") & eq("rank") & eq("semantics")]
     return same.iloc[0] if len(same) == 1 else None
 
 

@@ -18,6 +18,7 @@ TIDY_COLUMNS = [
     "method",
     "alpha",
     "rank",
+    "semantics",
     "seed",
     "task",
     "metric",
@@ -27,7 +28,9 @@ TIDY_COLUMNS = [
 ]
 # alpha and rank ride along so that curves of different sweep points are never averaged together.
 CURVE_COLUMNS = ["run", "method", "teachers", "alpha", "rank", "seed", "step", "key", "value"]
-KEY_COLUMNS = ["experiment", "student", "teachers", "method", "alpha", "rank"]
+# semantics: the kd.semantics preset (xbench | authors | trl) whose formulas produced the row;
+# rows of different presets are never averaged together and the leaderboard says when it mixes them.
+KEY_COLUMNS = ["experiment", "student", "teachers", "method", "alpha", "rank", "semantics"]
 STATUSES = ("pending", "running", "done", "failed", "interrupted")  # = xbench.rundir.STATUSES
 AVG = "avg"
 DELTA = "delta_vs_gold"

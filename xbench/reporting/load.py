@@ -86,6 +86,8 @@ def _run_rows(run_dir: Path, root: Path) -> list[dict[str, Any]]:
         "method": _join(_field(meta, "cell.method", meta_file), "cell.method", meta_file),
         "alpha": _number(_field(meta, "cell.alpha", meta_file, required=False), "alpha", meta_file),
         "rank": _number(_field(meta, "cell.rank", meta_file, required=False), "rank", meta_file),
+        # Older run directories predate kd.semantics (empty); cells without a teacher have none.
+        "semantics": _field(meta, "cell.semantics", meta_file, required=False),
         "seed": _number(seed, "cell.seed", meta_file),
         "status": status,
     }
@@ -173,6 +175,8 @@ def load_reference(csv_path: str | Path = REFERENCE_CSV) -> pd.DataFrame:
                     "student": REFERENCE_STUDENT,
                     "teachers": rec["teacher"],
                     "method": rec["method"],
+                    # Table 1 came from the authors' NeMo RL code (no preset without a teacher)
+                    "semantics": None if rec["teacher"] == NO_TEACHER else "authors",
                     "seed": 0,
                     "task": task,
                     "metric": "published",
@@ -186,7 +190,17 @@ def load_reference(csv_path: str | Path = REFERENCE_CSV) -> pd.DataFrame:
     return tidy
 
 
-_STRING_COLUMNS = ("run", "experiment", "student", "teachers", "method", "task", "metric", "status")
+_STRING_COLUMNS = (
+    "run",
+    "experiment",
+    "student",
+    "teachers",
+    "method",
+    "semantics",
+    "task",
+    "metric",
+    "status",
+)
 
 
 def read_tidy(csv_path: str | Path) -> pd.DataFrame:
@@ -194,7 +208,8 @@ def read_tidy(csv_path: str | Path) -> pd.DataFrame:
     # Only empty fields are NaN: a teacher or task literally named "NA" or "null" stays a string.
     strings = {c: "object" for c in _STRING_COLUMNS}
     df = pd.read_csv(csv_path, dtype=strings, keep_default_na=False, na_values=[""])
-    missing = [c for c in TIDY_COLUMNS if c not in df.columns]
+    # Tables written before kd.semantics existed lack that column; it reads back empty.
+    missing = [c for c in TIDY_COLUMNS if c not in df.columns and c != "semantics"]
     if missing:
         raise ReportError(f"{csv_path} is not a tidy table: column '{missing[0]}' is missing.")
     return _tidy_frame(df.to_dict("records"))

@@ -38,6 +38,8 @@ def _display_columns(lb: pd.DataFrame) -> list[str]:
     cols = [c for c in ("experiment", "student") if lb[c].nunique() > 1]
     cols += ["teachers", "method"]
     cols += [c for c in ("alpha", "rank") if lb[c].notna().any()]
+    if "semantics" in lb and lb["semantics"].notna().any():
+        cols.append("semantics")
     return cols
 
 
@@ -50,7 +52,7 @@ def _table(
     best = {c: _best_mask(lb, c) for c in [*tasks, DELTA]}
     body = []
     for i, row in lb.iterrows():
-        cells = [escape(_fmt_axis(row[k]) if k in ("alpha", "rank") else str(row[k])) for k in keys]
+        cells = [escape(_fmt_key(k, row[k])) for k in keys]
         cells.append(str(row["n_runs"]))
         for t in tasks:
             text = _cell_text(row, t, pm)
@@ -74,6 +76,28 @@ def _caption(lb: pd.DataFrame) -> str:
         + f" · {int(lb['n_runs'].sum())} runs. Cells: mean ± 95% CI over seeds (t, n-1 dof; one "
         "seed: no CI); (k/n): k of n seeds have a value; avg: plain mean of the benchmarks; "
         "Δ GOLD: avg minus the GOLD avg with the same teacher(s); best per column in bold."
+        + _mixed_presets(lb)
+    )
+
+
+def _fmt_key(key: str, value: object) -> str:
+    if key in ("alpha", "rank"):
+        return _fmt_axis(value)
+    if key == "semantics" and pd.isna(value):
+        return "-"  # no teacher, no KD formula
+    return str(value)
+
+
+def _mixed_presets(lb: pd.DataFrame) -> str:
+    """A warning when rows computed with different kd.semantics presets share the table."""
+    if "semantics" not in lb:
+        return ""
+    presets = sorted(str(x) for x in lb["semantics"].dropna().unique())
+    if len(presets) < 2:
+        return ""
+    return (
+        f" WARNING: rows use different loss formulas (kd.semantics: {', '.join(presets)}); "
+        "compare rows of one preset only (column semantics)."
     )
 
 
