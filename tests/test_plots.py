@@ -40,8 +40,8 @@ def test_each_plot_returns_a_figure(tiny: tuple[Path, pd.DataFrame, pd.DataFrame
 def test_failed_cell_is_written_on_the_bar_chart(tmp_path: Path) -> None:
     tidy = pd.DataFrame(
         [
-            ["r0", "e", "s", "t", "gold", None, None, 0, "x", "acc", 40.0, 1.0, "done"],
-            ["r1", "e", "s", "t", "pkl", None, None, 0, None, None, None, None, "failed"],
+            ["r0", "e", "s", "t", "gold", None, None, "xbench", 0, "x", "acc", 40.0, 1.0, "done"],
+            ["r1", "e", "s", "t", "pkl", None, None, "xbench", 0, None, None, None, None, "failed"],
         ],
         columns=report.TIDY_COLUMNS,
     )

@@ -149,6 +149,10 @@ def _run_locked(
             status="interrupted", error=reason, timings={"interrupted_after_s": time.time() - t0}
         )
         log.error("cell %s interrupted: %s", run_dir.name, reason)
+        if "SLURM_JOB_ID" in os.environ:
+            # Under SLURM the exit must reach submitit: at a time limit or preemption its handler
+            # has requeued the job and exits; returning a result here would end the job for good.
+            raise
         return {"status": "interrupted", "run_dir": str(run_dir), "error": reason}
     except Exception as exc:  # recorded, reported, and the sweep goes on
         if not main_rank:
@@ -372,9 +376,15 @@ def _run(argv: list[str]) -> int:
         return 0
     sweep_dir = Path(jobs[0]["hydra"]["sweep"]["dir"])
     sys.argv = [sys.argv[0], *overrides]
+    from xbench import distributed
+
+    main_rank = distributed.env_rank() == 0
     since = time.time() - 1.0  # mtime resolution
     try:
-        with lock(sweep_dir / ".sweep.lock", f"sweep {sweep_dir}"), _stop_cells_on_interrupt():
+        # Every rank of a multi-task launch (torchrun, srun) runs this sweep; rank 0 holds the
+        # sweep lock and reports, the others only take part in their cells' collectives.
+        guard = lock(sweep_dir / ".sweep.lock", f"sweep {sweep_dir}") if main_rank else None
+        with guard or contextlib.nullcontext(), _stop_cells_on_interrupt():
             _hydra_main()
     except KeyboardInterrupt:
         for m in _not_done(sweep_dir, since):
@@ -385,6 +395,8 @@ def _run(argv: list[str]) -> int:
         return 130
     # A cell that did not finish is reported (meta.json and the leaderboard) and makes the
     # sweep exit 1, one line per cell.
+    if not main_rank:
+        return 0
     bad = _not_done(sweep_dir, since)
     returns = sweep_dir / "job_returns.json"
     if returns.exists() and returns.stat().st_mtime >= since:

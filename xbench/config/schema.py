@@ -45,7 +45,7 @@ class ModelSpec:
 
 @dataclass
 class DataConf:
-    source: str = _f("mini", "the corpus", choices=("mini", "jsonl", "hf"))
+    source: str = _f("mini", "the corpus", choices=("mini", "jsonl", "shards", "hf"))
     seq_len: int = _f(128, "packed sequence length in student tokens", ge=2)
     separator: str = _f("\n\n", "text between packed documents")
     num_workers: int = _f(0, "dataloader worker processes", ge=0)
@@ -53,7 +53,14 @@ class DataConf:
     path: Optional[str] = _f(None, "the jsonl file when source=jsonl")  # noqa: UP045
     name: Optional[str] = _f(None, "the dataset id when source=hf")  # noqa: UP045
     split: Optional[str] = _f(None, "the dataset split when source=hf")  # noqa: UP045
-    text_field: Optional[str] = _f(None, "the text column when source=hf")  # noqa: UP045
+    text_field: Optional[str] = _f(None, "the text column (shards, hf)")  # noqa: UP045
+    # Streamed pre-training corpora (xbench/corpus.py, source=shards|hf).
+    files: Optional[str] = _f(None, "the shard glob when source=shards")  # noqa: UP045
+    subset: Optional[str] = _f(None, "the dataset config name when source=hf")  # noqa: UP045
+    ids_field: Optional[str] = _f(None, "a token-id column instead of text_field")  # noqa: UP045
+    detokenizer: Optional[str] = _f(None, "gpt2 or a tokenizer spec for ids_field")  # noqa: UP045
+    shuffle_buffer: Optional[int] = _f(None, "streamed shuffle buffer (hf)", ge=0)  # noqa: UP045
+    token_budget: Optional[int] = _f(None, "student tokens to read in all", ge=1)  # noqa: UP045
 
 
 @dataclass
@@ -112,6 +119,7 @@ class TrainConf:
     teacher_cache_dir: str = _f("", "where the teacher-logit cache lives")
     delete_checkpoints_when_done: bool = _f(False, "drop checkpoints of finished cells")
     debug_sleep_s: float = _f(0.0, "sleep after each step (tests only)", ge=0)
+    dist_timeout_s: Optional[float] = _f(None, "process-group timeout in seconds", gt=0)  # noqa: UP045
 
 
 @dataclass
@@ -122,6 +130,7 @@ class ResourcesConf:
     cpus_per_task: int = _f(1, "CPUs per rank", ge=1)
     mem_gb: float = _f(4, "memory per node in GB", gt=0)
     timeout_min: int = _f(60, "wall-clock limit of one cell in minutes", ge=1)
+    gpu_mem_gb: float = _f(80, "memory of one GPU in GB (the plan's fit check)", gt=0)
 
 
 @dataclass

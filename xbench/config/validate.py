@@ -313,6 +313,23 @@ def validate(
         )
     if data.get("source") == "hf" and not data.get("name"):
         raise ConfigError("data.name", "data.name is empty: source=hf needs a dataset id.")
+    if data.get("source") == "shards" and not data.get("files"):
+        raise ConfigError(
+            "data.files", "data.files is empty: source=shards needs a glob, e.g. 'DIR/*.parquet'."
+        )
+    if data.get("source") in ("shards", "hf") and bool(data.get("text_field")) == bool(
+        data.get("ids_field")
+    ):
+        raise ConfigError(
+            "data.text_field",
+            "set exactly one of data.text_field (a text column) and data.ids_field (token ids, "
+            "with data.detokenizer).",
+        )
+    if data.get("ids_field") and not data.get("detokenizer"):
+        raise ConfigError(
+            "data.detokenizer",
+            "data.ids_field needs data.detokenizer (gpt2, or a tokenizer spec such as llama3).",
+        )
     _check_kd_rules(c, spec)
     if machine:
         _check_machine(c, spec, launcher, plan)
