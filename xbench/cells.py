@@ -68,9 +68,12 @@ def resolve_cell(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
 
 
 def method_label(spec: dict[str, Any], train_enabled: bool) -> str:
-    """``base`` (no training), ``ce`` (no teacher), or teacher methods joined with ``+``."""
+    """``base`` (no training), the cell's ``label`` if it has one, ``ce`` (no teacher), or teacher
+    methods joined with ``+``."""
     if not train_enabled:
         return "base"
+    if spec.get("label"):  # a variant of a method (e.g. one loss term alone) gets its own row
+        return str(spec["label"])
     teachers = spec.get("teachers") or []
     return "+".join(t["method"] for t in teachers) if teachers else "ce"
 

@@ -34,17 +34,21 @@ from xbench.io import atomic_path, write_text
 from xbench.reporting.aggregate import (
     LLAMA3B,
     PAPER_CLAIMS,
+    PAPER_ORDERINGS,
     PHI,
     QWEN,
     Claim,
+    Ordering,
     axis_conclusions,
     canon_model,
     check_reference_averages,
     claims,
     compare_reference,
     deltas_vs_gold,
+    last_step_values,
     leaderboard,
     leaderboard_tasks,
+    paired_orderings,
     summarize_axis,
     t_ci95,
     tasks_of,
@@ -77,8 +81,10 @@ from xbench.reporting.load import (
 from xbench.reporting.render import (
     format_claims,
     format_comparison,
+    format_last_values,
     format_latex,
     format_markdown,
+    format_paired,
 )
 
 __all__ = [
@@ -93,6 +99,7 @@ __all__ = [
     "NO_TEACHER",
     "PAPER_CLAIMS",
     "PAPER_EXPERIMENT",
+    "PAPER_ORDERINGS",
     "PHI",
     "QWEN",
     "REFERENCE_CSV",
@@ -101,6 +108,7 @@ __all__ = [
     "TASK_ALIASES",
     "TIDY_COLUMNS",
     "Claim",
+    "Ordering",
     "ReportError",
     "axis_conclusions",
     "build_report",
@@ -112,14 +120,18 @@ __all__ = [
     "find_run_dirs",
     "format_claims",
     "format_comparison",
+    "format_last_values",
     "format_latex",
     "format_markdown",
+    "format_paired",
+    "last_step_values",
     "leaderboard",
     "leaderboard_tasks",
     "load_curves",
     "load_reference",
     "load_runs",
     "main",
+    "paired_orderings",
     "read_curves",
     "read_tidy",
     "summarize_axis",
@@ -204,7 +216,8 @@ def build_report(
 
     Returns:
         Name -> written path (``tidy``, ``curves``, ``leaderboard_md`` / ``_csv`` / ``_tex``,
-        ``comparison``, ``claims``, ``reference_check``, ``fig_*``).
+        ``comparison``, ``claims``, ``reference_check``, ``paired`` (the paper's orderings as
+        paired deltas over seeds, when the runs hold both sides of one), ``fig_*``).
     """
     path = Path(path)
     ref_csv = _reference_input(path)
@@ -243,6 +256,18 @@ def build_report(
             md += "\n## Beside the published numbers (ours / paper (ours - paper))\n\n"
             md += format_comparison(cmp)
             md += "\n### Headline deltas on our runs\n\n" + format_claims(claims(lb), ours=True)
+    if ref_csv is None:
+        paired = paired_orderings(tidy)
+        if not paired.empty:
+            written["paired"] = _write_csv(paired, out / "paired_orderings.csv")
+            md += "\n## The paper's orderings, paired over seeds\n\n" + format_paired(paired)
+        mass = last_step_values(curves, "train/numeral_mass")
+        if not mass.empty:
+            written["numeral_mass"] = _write_csv(mass, out / "numeral_mass.csv")
+            md += (
+                "\n## Multi-digit numeral mass after training (mean ± 95% CI over seeds)\n\n"
+                + format_last_values(mass)
+            )
     written["leaderboard_md"] = out / "leaderboard.md"
     write_text(written["leaderboard_md"], md)
     written["leaderboard_csv"] = _write_csv(lb, out / "leaderboard.csv")

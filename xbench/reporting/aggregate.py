@@ -17,13 +17,16 @@ import pandas as pd
 from xbench.reporting.common import (
     AVG,
     BENCHMARK_ORDER,
+    BREAKDOWN_SEP,
     DELTA,
     KEY_COLUMNS,
     METHOD_ORDER,
     MODEL_ALIASES,
     NO_TEACHER,
+    PROBE_METRICS,
     TASK_ALIASES,
     _fmt_axis,
+    is_breakdown,
 )
 
 
@@ -62,10 +65,35 @@ def t_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float, int]:
 
 
 def tasks_of(tidy: pd.DataFrame) -> list[str]:
-    """Benchmarks of a tidy table: the paper's order first, then the rest alphabetically."""
+    """Columns of a tidy table: the headline benchmarks (the paper's order first, then the rest
+    alphabetically), each followed by its per-class breakdown, then the probes."""
     present = set(tidy["task"].dropna())
+    probes = set(probe_tasks(tidy))
     known = [t for t in BENCHMARK_ORDER if t in present]
-    return known + sorted(present - set(known))
+    ordered = known + sorted(present - set(known) - probes)
+    ordered += sorted(probes)
+    tops = [t for t in ordered if not is_breakdown(t)]
+    out = []
+    for t in tops:
+        parts = [b for b in ordered if is_breakdown(b) and b.split(BREAKDOWN_SEP)[0] == t]
+        out += [t, *sorted(parts)]
+    return out + [t for t in ordered if t not in out]
+
+
+def probe_tasks(tidy: pd.DataFrame) -> list[str]:
+    """Tasks scored by a probe metric (``PROBE_METRICS``): shown, never in the headline avg."""
+    rows = tidy[tidy["metric"].isin(PROBE_METRICS) & tidy["task"].notna()]
+    return sorted(set(rows["task"]))
+
+
+def headline_tasks(tidy: pd.DataFrame) -> list[str]:
+    """The tasks the ``avg`` column averages: every benchmark, no breakdown, no probe.
+
+    When every task is a probe, they are all averaged (so a probe-only suite still has an avg).
+    """
+    tasks = [t for t in tasks_of(tidy) if not is_breakdown(t)]
+    probes = set(probe_tasks(tidy))
+    return [t for t in tasks if t not in probes] or tasks
 
 
 def leaderboard_tasks(lb: pd.DataFrame) -> list[str]:
@@ -103,11 +131,12 @@ def leaderboard(tidy: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         One row per (experiment, student, teachers, method, alpha, rank) with ``n_runs``; for each
-        benchmark and ``avg``: ``T`` (mean over seeds), ``T_ci95`` (half-width, NaN for one seed),
-        ``T_n`` (seeds with a value) and ``T_status`` (ok / partial / missing / failed); and
+        column and ``avg`` (the plain mean of ``headline_tasks`` per run): ``T`` (mean over
+        seeds), ``T_ci95`` (half-width, NaN for one seed), ``T_n`` (seeds with a value) and
+        ``T_status`` (ok / partial / missing / failed); and
         ``delta_vs_gold``: avg minus the avg of GOLD with the same teacher(s) (NaN if none).
     """
-    tasks = tasks_of(tidy)
+    tasks, averaged = tasks_of(tidy), headline_tasks(tidy)
     rows = []
     for key, grp in tidy.groupby(KEY_COLUMNS, dropna=False, sort=False):
         runs = grp.drop_duplicates("run")
@@ -119,7 +148,7 @@ def leaderboard(tidy: pd.DataFrame) -> pd.DataFrame:
         }
         # Average per run first (the paper's plain mean of the benchmarks), then over seeds.
         per_run = done.pivot_table(index="run", columns="task", values="value", aggfunc="mean")
-        per_run = per_run.reindex(columns=tasks)
+        per_run = per_run.reindex(columns=averaged)
         cells[AVG] = _cell(per_run.dropna().mean(axis=1), len(runs), any_failed)
         for t, c in cells.items():
             row |= {
@@ -334,3 +363,155 @@ def axis_conclusions(summary: pd.DataFrame, axis: str) -> list[str]:
             f"the best is {verdict}."
         )
     return out
+
+
+@dataclass(frozen=True)
+class Ordering:
+    """An ordering the paper reports: ``lower`` scores below ``upper``.
+
+    Each side is (teacher roles joined by ``+``, method); ``""`` means no teacher. Roles stand
+    for the paper's teachers and their miniature look-alikes (``TEACHER_ROLES``).
+    """
+
+    name: str
+    lower: tuple[str, str]
+    upper: tuple[str, str]
+
+
+# Role -> the canonical names a study gives that teacher: A digit-splitting (Qwen3-4B), B with the
+# student's numerals (Phi-4-mini), C the student's own tokenizer (Llama-3.2-3B).
+TEACHER_ROLES = {"A": ("mini-a", QWEN), "B": ("mini-b", PHI), "C": ("mini-c", LLAMA3B)}
+# The paper's GSM8K column: GOLD 2.56 < CE 10.25 < P-KL 15.54 and ULD 14.56 with the Qwen3
+# teacher; GOLD 16.50 < H-KL 19.11 < H-KL + Llama-3B KD 20.39 with the Phi teacher.
+PAPER_ORDERINGS = (
+    Ordering("GOLD-A < CE", ("A", "gold"), ("", "ce")),
+    Ordering("CE < P-KL-A", ("", "ce"), ("A", "pkl")),
+    Ordering("GOLD-A < ULD-A", ("A", "gold"), ("A", "uld")),
+    Ordering("GOLD-B < H-KL-B", ("B", "gold"), ("B", "hkl")),
+    Ordering("H-KL-B < H-KL-B + KD-C", ("B", "hkl"), ("B+C", "hkl+kd")),
+)
+PAIRED_COLUMNS = [
+    "experiment",
+    "ordering",
+    "task",
+    "lower",
+    "upper",
+    "n",
+    "lower_mean",
+    "upper_mean",
+    "delta",
+    "ci95",
+    "verdict",
+]
+
+
+def per_run_values(tidy: pd.DataFrame) -> pd.DataFrame:
+    """One value per (run, task) of finished runs, plus each run's headline ``avg``.
+
+    Returns:
+        Columns experiment, teachers (canonical), method, alpha, rank, seed, task, value.
+    """
+    done = tidy[(tidy["status"] == "done") & tidy["task"].notna()]
+    keys = ["run", "experiment", "teachers", "method", "alpha", "rank", "seed"]
+    cols = [*keys, "task", "value"]
+    if done.empty:
+        return pd.DataFrame(columns=cols[1:])
+    avg = done[done["task"].isin(headline_tasks(tidy))]
+    n_tasks = avg.groupby("run")["task"].transform("nunique")
+    avg = avg[n_tasks == len(headline_tasks(tidy))]  # a run missing a benchmark has no avg
+    avg = avg.groupby(keys, dropna=False, as_index=False)["value"].mean().assign(task=AVG)
+    out = pd.concat([done[cols], avg[cols]], ignore_index=True)
+    out["teachers"] = out["teachers"].map(canon_model)
+    return out.drop(columns="run")
+
+
+def _role_names(roles: str) -> set[str]:
+    if not roles:
+        return {NO_TEACHER}
+    parts = [TEACHER_ROLES[r] for r in roles.split("+")]
+    return {"+".join(names) for names in zip(*parts, strict=True)}
+
+
+def _verdict(delta: float, half: float, n: int) -> str:
+    if n < 2 or pd.isna(half):
+        return "one seed: no CI"
+    if delta - half > 0:
+        return "holds"
+    if delta + half < 0:
+        return "reversed"
+    return "not separated"
+
+
+def paired_orderings(
+    tidy: pd.DataFrame, orderings: Sequence[Ordering] = PAPER_ORDERINGS
+) -> pd.DataFrame:
+    """Each ordering as a paired delta (upper - lower) over seeds, with its 95% CI.
+
+    Both sides are evaluated on the same test items; the delta is taken seed by seed (seed s of
+    one method against seed s of the other), so the CI is a t interval over the per-seed deltas
+    (n-1 dof), not a difference of two independent intervals. Computed for the headline ``avg``
+    and every task and breakdown column. An ordering whose sides are not both present (or not
+    unique: several alpha/rank points) in an experiment is left out.
+
+    Returns:
+        Columns ``PAIRED_COLUMNS``; verdict: ``holds`` (the CI lies above 0), ``reversed``
+        (below 0), ``not separated`` (it spans 0) or ``one seed: no CI``.
+    """
+    vals = per_run_values(tidy)
+    rows = []
+    for exp, ev in vals.groupby("experiment", sort=False):
+        tasks = [AVG, *[t for t in tasks_of(tidy) if t in set(ev["task"])]]
+        for o in orderings:
+            sides = []
+            for roles, method in (o.lower, o.upper):
+                hit = ev[ev["teachers"].isin(_role_names(roles)) & (ev["method"] == method)]
+                n_groups = len(hit[["teachers", "alpha", "rank"]].drop_duplicates())
+                sides.append(hit if n_groups == 1 else None)
+            if sides[0] is None or sides[1] is None:
+                continue
+            lo, up = sides
+            for task in tasks:
+                a = lo[lo["task"] == task].groupby("seed")["value"].mean()
+                b = up[up["task"] == task].groupby("seed")["value"].mean()
+                both = a.index.intersection(b.index)
+                if len(both) == 0:
+                    continue
+                delta, half, n = t_ci95((b[both] - a[both]).to_numpy())
+                rows.append(
+                    {
+                        "experiment": exp,
+                        "ordering": o.name,
+                        "task": task,
+                        "lower": f"{lo['teachers'].iloc[0]} {o.lower[1]}",
+                        "upper": f"{up['teachers'].iloc[0]} {o.upper[1]}",
+                        "n": n,
+                        "lower_mean": float(a[both].mean()),
+                        "upper_mean": float(b[both].mean()),
+                        "delta": delta,
+                        "ci95": half,
+                        "verdict": _verdict(delta, half, n),
+                    }
+                )
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def last_step_values(curves: pd.DataFrame, key: str) -> pd.DataFrame:
+    """A logged quantity at each run's last logged step, mean ± 95% CI over seeds per cell.
+
+    The miniature's diagnostic reads ``train/numeral_mass`` this way: the student's probability
+    on multi-digit numeral tokens after training, per method (GOLD's terms alone included).
+
+    Returns:
+        Columns teachers, method, alpha, rank, n, mean, ci95 (empty when no run logged ``key``).
+    """
+    cols = ["teachers", "method", "alpha", "rank", "n", "mean", "ci95"]
+    rows = curves[curves["key"] == key]
+    if rows.empty:
+        return pd.DataFrame(columns=cols)
+    last = rows.sort_values("step").groupby("run", sort=False).tail(1)
+    out = []
+    for k, grp in last.groupby(["teachers", "method", "alpha", "rank"], dropna=False, sort=False):
+        mean, half, n = t_ci95(grp["value"].to_numpy())
+        out.append(dict(zip(cols[:4], k, strict=True)) | {"n": n, "mean": mean, "ci95": half})
+    frame = pd.DataFrame(out, columns=cols)
+    return _sort_key(frame.assign(experiment="", student=""))[cols]

@@ -35,6 +35,11 @@ STATUSES = ("pending", "running", "done", "failed", "interrupted")  # = xbench.r
 AVG = "avg"
 DELTA = "delta_vs_gold"
 NO_TEACHER = "none"
+# A breakdown of a task into classes is reported as the task "TASK@CLASS" (the miniature's
+# exact match per answer length, mini_arith@len1 ..): shown beside its task, never averaged.
+BREAKDOWN_SEP = "@"
+# Metrics that are probes, not benchmark scores: shown as columns, never part of the headline avg.
+PROBE_METRICS = ("answer_prob",)
 # Column order of the paper's Table 1; other tasks follow alphabetically.
 BENCHMARK_ORDER = ("mmlu", "gsm8k", "math", "winogrande", "hellaswag")
 METHOD_ORDER = ("base", "ce", "kd", "uld", "gold", "pkl", "hkl", "xtoken")
@@ -53,6 +58,11 @@ MODEL_ALIASES = {
     "llama-3.2-3b-instruct": "llama-3.2-3b",
     "llama3-2-3b": "llama-3.2-3b",
 }
+
+
+def is_breakdown(task: str) -> bool:
+    """Whether a tidy task is a per-class breakdown (``TASK@CLASS``) of another task."""
+    return BREAKDOWN_SEP in task
 
 
 class ReportError(ValueError):

@@ -15,6 +15,7 @@ import pandas as pd
 from xbench.io import read_jsonl
 from xbench.reporting.common import (
     AVG,
+    BREAKDOWN_SEP,
     CURVE_COLUMNS,
     NO_TEACHER,
     REFERENCE_CSV,
@@ -94,7 +95,8 @@ def _run_rows(run_dir: Path, root: Path) -> list[dict[str, Any]]:
     results_file = run_dir / "eval" / "results.json"
     if not results_file.is_file():
         return [{**base, "task": None, "metric": None, "value": math.nan, "stderr": math.nan}]
-    tasks = _field(_read_json(results_file), "tasks", results_file)
+    results = _read_json(results_file)
+    tasks = _field(results, "tasks", results_file)
     if not isinstance(tasks, dict):
         raise ReportError(f"{results_file}: field 'tasks' must be an object of task -> result.")
     rows = []
@@ -111,6 +113,38 @@ def _run_rows(run_dir: Path, root: Path) -> list[dict[str, Any]]:
                 **base,
                 "task": task,
                 "metric": _field(res, "metric", results_file, required=False),
+                "value": value,
+                "stderr": stderr,
+            }
+        )
+        rows += _breakdown_rows(base, task, res, results, results_file)
+    return rows
+
+
+def _breakdown_rows(
+    base: dict[str, Any], task: str, res: dict[str, Any], results: dict[str, Any], file: Path
+) -> list[dict[str, Any]]:
+    """Rows ``TASK@CLASS`` for lm-eval metrics ``METRIC@CLASS`` of the task's metric and filter.
+
+    A task may score each document also within its class (``exact_match@len3``: the miniature's
+    exact match over 3-digit answers); lm-eval keeps those in the raw results, on its 0-1 scale.
+    """
+    metric, filt = res.get("metric"), res.get("filter", "none")
+    raw = (results.get("raw") or {}).get("results", {}).get(task, {})
+    rows = []
+    prefix, suffix = f"{metric}{BREAKDOWN_SEP}", f",{filt}"
+    for key in sorted(raw):
+        if not (key.startswith(prefix) and key.endswith(suffix)) or "_stderr" in key:
+            continue
+        cls = key[len(prefix) : -len(suffix)]
+        value = 100.0 * _number(raw[key], f"raw.results.{task}.{key}", file)
+        err = raw.get(f"{metric}{BREAKDOWN_SEP}{cls}_stderr{suffix}")
+        stderr = 100.0 * _number(err, f"raw.results.{task}.stderr", file)
+        rows.append(
+            {
+                **base,
+                "task": f"{task}{BREAKDOWN_SEP}{cls}",
+                "metric": metric,
                 "value": value,
                 "stderr": stderr,
             }

@@ -74,7 +74,8 @@ def _caption(lb: pd.DataFrame) -> str:
     return (
         " · ".join(consts)
         + f" · {int(lb['n_runs'].sum())} runs. Cells: mean ± 95% CI over seeds (t, n-1 dof; one "
-        "seed: no CI); (k/n): k of n seeds have a value; avg: plain mean of the benchmarks; "
+        "seed: no CI); (k/n): k of n seeds have a value; avg: plain mean of the benchmarks "
+        "(TASK@CLASS breakdown columns and probe columns such as mini_answer are not averaged); "
         "Δ GOLD: avg minus the GOLD avg with the same teacher(s); best per column in bold."
         + _mixed_presets(lb)
     )
@@ -179,3 +180,34 @@ def format_claims(cl: pd.DataFrame, ours: bool = False) -> str:
         cells += [] if ours else ["yes" if r["matches"] else "NO"]
         body.append(cells)
     return _md_table(header, body) + "\n"
+
+
+def format_paired(paired: pd.DataFrame) -> str:
+    """The paper's orderings as paired deltas: one row per (experiment, ordering, column)."""
+    multi = paired["experiment"].nunique() > 1
+    header = (["experiment"] if multi else []) + ["ordering", "column", "lower", "upper"]
+    header += ["seeds", "mean lower", "mean upper", "Δ (upper - lower) ± 95% CI", "verdict"]
+    body = []
+    for _, r in paired.iterrows():
+        ci = "" if pd.isna(r["ci95"]) else f" ± {r['ci95']:.2f}"
+        cells = [r["experiment"]] if multi else []
+        cells += [r["ordering"], r["task"], r["lower"], r["upper"], str(r["n"])]
+        cells += [f"{r['lower_mean']:.2f}", f"{r['upper_mean']:.2f}", f"{r['delta']:+.2f}{ci}"]
+        body.append([*cells, r["verdict"]])
+    note = (
+        "Δ is taken seed by seed on the same test items; the CI is a t interval over the "
+        "per-seed deltas (n-1 dof). holds: the CI lies above 0; reversed: below 0; not "
+        "separated: it spans 0.\n\n"
+    )
+    return note + _md_table(header, body) + "\n"
+
+
+def format_last_values(df: pd.DataFrame) -> str:
+    """``last_step_values`` as a markdown table (student probability, 3 decimals)."""
+    keys = ["teachers", "method"] + [c for c in ("alpha", "rank") if df[c].notna().any()]
+    body = []
+    for _, r in df.iterrows():
+        ci = "" if pd.isna(r["ci95"]) else f" ± {r['ci95']:.3f}"
+        cells = [_fmt_axis(r[k]) if k in ("alpha", "rank") else str(r[k]) for k in keys]
+        body.append([*cells, str(r["n"]), f"{r['mean']:.3f}{ci}"])
+    return _md_table([*keys, "seeds", "value"], body) + "\n"

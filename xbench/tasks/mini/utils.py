@@ -84,11 +84,13 @@ def process_answer(doc: dict[str, Any], results: list[tuple[float, bool]]) -> di
     """Scores of one ``mini_answer`` doc from its (log-likelihood, is_greedy) result.
 
     ``answer_prob``: the model's probability of the whole final answer given the worked solution,
-    in percent -- continuous, so it separates methods long before greedy accuracy moves (a tiny
+    as a fraction in [0, 1] like every lm-eval metric (``xbench.evaluate`` reports every metric
+    x 100, so the leaderboard shows percent; the first version multiplied here as well and showed
+    100x too much). Continuous, so it separates methods long before greedy accuracy moves (a tiny
     student's multi-digit numeral tokens are exactly what GOLD suppresses). ``acc``: every answer
     token is the argmax (lm-eval's is_greedy).
     """
     import math
 
     ll, greedy = results[0]
-    return {"answer_prob": 100.0 * math.exp(ll), "acc": float(greedy)}
+    return {"answer_prob": math.exp(ll), "acc": float(greedy)}
