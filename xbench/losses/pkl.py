@@ -16,6 +16,7 @@ from xbench.losses.chunks import (
     rows_log_probs,
     token_slices,
 )
+from xbench.losses.projection_ops import projected_kl_sums
 
 __all__ = [
     "LearnableProjection",
@@ -256,7 +257,10 @@ def pkl_loss(
     def term(lq_s: Tensor, lq_t: Tensor, w: Tensor) -> dict[str, Tensor]:
         return projected_kl_terms(lq_s, lq_t, idx, w, columns, top_k, temperature)
 
-    sums, n = cross_tokenizer_sums(
+    sums, n = projected_kl_sums(
+        student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, idx, w_weights,
+        columns, temperature=temperature, chunk_size=chunk_size,
+    ) if top_k_scope == "microbatch" and chunk_method == "mean" else cross_tokenizer_sums(
         student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, term,
         (w_weights,), chunk_method=chunk_method, temperature=temperature,
         student_ids=student_ids, teacher_ids=teacher_ids, chunk_size=chunk_size,
