@@ -245,12 +245,13 @@ def pkl_loss(
             f"W has {w_indices.shape[0]} rows, student head {student_logits.shape[-1]}"
         )
     columns = None
-    if top_k_scope == "microbatch":
+    fast = top_k_scope == "microbatch" and chunk_method == "mean"  # projection_ops' kernel
+    if top_k_scope == "microbatch" and not fast:
         columns = teacher_topk_columns(
             teacher_logits, teacher_chunk, chunk_mask, top_k, chunk_method=chunk_method,
             temperature=temperature, teacher_ids=teacher_ids, chunk_size=chunk_size,
         )  # fmt: skip
-    elif top_k_scope != "chunk":
+    elif top_k_scope not in ("chunk", "microbatch"):
         raise ValueError(f"top_k_scope={top_k_scope!r}: 'microbatch' or 'chunk'")
     idx = w_indices.long()
 
@@ -259,8 +260,8 @@ def pkl_loss(
 
     sums, n = projected_kl_sums(
         student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, idx, w_weights,
-        columns, temperature=temperature, chunk_size=chunk_size,
-    ) if top_k_scope == "microbatch" and chunk_method == "mean" else cross_tokenizer_sums(
+        top_k=top_k, temperature=temperature, chunk_size=chunk_size,
+    ) if fast else cross_tokenizer_sums(
         student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, term,
         (w_weights,), chunk_method=chunk_method, temperature=temperature,
         student_ids=student_ids, teacher_ids=teacher_ids, chunk_size=chunk_size,

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from xbench.losses.chunks import ChunkIndex, build_chunk_index, token_slices
 
-__all__ = ["ColumnProjection", "projected_kl_sums", "restrict_columns", "row_logsumexp"]
+__all__ = ["ColumnProjection", "projected_kl_sums", "restrict_columns", "teacher_lse_and_topk"]
 
 # Dense passes run over blocks of about this many elements (4 MiB of float32): temporaries this
 # small are reused by the allocator instead of page-faulted in afresh for every slice, which on a
@@ -89,29 +89,43 @@ def restrict_columns(
     return ColumnProjection(s_ids, k_ids, slot[s_ids, k_ids], u_ids, entry_u)
 
 
-def row_logsumexp(flat: Tensor, rows: Tensor, temperature: float = 1.0) -> Tensor:
-    """(len(rows),) float32 logsumexp(flat[r] / T) over each listed row, in blocks of a few rows.
+def teacher_lse_and_topk(
+    t_flat: Tensor, t_idx: ChunkIndex, top_k: int, temperature: float = 1.0
+) -> tuple[Tensor, Tensor | None]:
+    """One pass over the teacher logits: every row's log-partition and the micro-batch top-k.
+
+    The columns are those of ``pkl.teacher_topk_columns`` ("mean" chunks): the ``top_k`` teacher
+    ids with the largest sum over valid chunks c of mean_{k in c} softmax(y_k / T), sorted. Both
+    come from the same exp(y - max) block, so the teacher's V_T-wide exponentials are taken once.
 
     Args:
-        flat: (N, V) logits, any float dtype (not differentiated).
-        rows: (P,) long row ids.
+        t_flat: (N, V_T) teacher logits (no grad), any float dtype.
+        t_idx: the teacher side's :class:`ChunkIndex`.
+        top_k: number of columns; ``>= V_T`` returns None (every column).
+
+    Returns:
+        (lse (N,) float32 logsumexp(y_r / T) of every row, columns (top_k,) long or None).
     """
-    out = torch.empty(rows.numel(), dtype=torch.float32, device=flat.device)
-    step = max(1, _BLOCK_ELEMS // max(1, flat.shape[1]))
-    for i in range(0, rows.numel(), step):
-        z = flat[rows[i : i + step]].float()  # (b, V) small block
-        if temperature != 1.0:
-            z.div_(temperature)
-        out[i : i + step] = torch.logsumexp(z, dim=-1)
-    return out
-
-
-def _softmax_rows(flat: Tensor, rows: Tensor, lse: Tensor, temperature: float) -> Tensor:
-    """(len(rows), V) float32 softmax(flat[r] / T) from its known log-partition ``lse``."""
-    z = flat[rows].float()
-    if temperature != 1.0:
-        z.div_(temperature)
-    return z.sub_(lse[:, None]).exp_()
+    n_rows, v_t = t_flat.shape
+    want_cols = top_k < v_t
+    # Row r's weight in the column mass: 1 / (tokens in its chunk); rows outside valid chunks 0.
+    counts = (t_idx.offsets[1:] - t_idx.offsets[:-1]).float()
+    row_w = torch.zeros(n_rows, dtype=torch.float32, device=t_flat.device)
+    row_w[t_idx.pred_row] = 1.0 / counts[t_idx.chunk_row]
+    mass = torch.zeros(v_t, dtype=torch.float32, device=t_flat.device)
+    lse = torch.empty(n_rows, dtype=torch.float32, device=t_flat.device)
+    step = max(1, _BLOCK_ELEMS // max(1, v_t))
+    for i in range(0, n_rows, step):
+        y = t_flat[i : i + step].float()  # (b, V_T); a view when float32
+        y = y / temperature if temperature != 1.0 else y
+        top = y.amax(-1, keepdim=True)
+        e = torch.exp(y - top)  # (b, V_T), a small reused block
+        total = e.sum(-1)
+        lse[i : i + step] = top.squeeze(1) + total.log()
+        if want_cols:
+            mass.addmv_(e.t(), row_w[i : i + step] / total)
+    cols = torch.sort(mass.topk(top_k).indices).values if want_cols else None
+    return lse, cols
 
 
 def _chunk_sum(x: Tensor, index: ChunkIndex, start: int, end: int) -> Tensor:
@@ -164,8 +178,9 @@ def projected_kl_sums(
     chunk_mask: Tensor,
     w_indices: Tensor,
     w_weights: Tensor,
-    columns: Tensor | None,
     *,
+    top_k: int = 8192,
+    columns: Tensor | None = None,
     temperature: float = 1.0,
     chunk_size: int | None = 256,
 ) -> tuple[dict[str, Tensor], int]:
@@ -175,10 +190,11 @@ def projected_kl_sums(
         student_logits: (B, Ts, V_S), may require grad; teacher_logits: (B, Tt, V_T), no grad.
         student_chunk, teacher_chunk, chunk_mask: PairAlignment fields.
         w_indices: (V_S, K) long; w_weights: (V_S, K) float, may require grad.
-        columns: (k,) distinct teacher ids S, or None for all V_T columns.
+        top_k: S = the micro-batch teacher top-k (:func:`teacher_lse_and_topk`); ``>= V_T``: all.
+        columns: (k,) distinct teacher ids to use as S instead of the top-k.
         temperature: T (the loss carries T^2).
-        chunk_size: max predicting rows per side in one slice (bounds the (rows, |U|) and
-            (rows, |S|) temporaries); None: one slice.
+        chunk_size: max predicting rows per side in one slice; the kernel also caps a slice at
+            about 4M student logits, so its (rows, V_S) float32 block stays ~16 MiB.
 
     Returns:
         ``(sums, n_chunks)`` with the keys of ``projected_kl_terms`` (loss, kl, top1_agree,
@@ -193,35 +209,52 @@ def projected_kl_sums(
     device = student_logits.device
     s_flat = student_logits.detach().reshape(-1, v_s)  # (B*Ts, V_S)
     t_flat = teacher_logits.detach().reshape(-1, v_t)  # (B*Tt, V_T)
-    cols = columns if columns is not None else torch.arange(v_t, device=device)
-    cp = restrict_columns(w_indices, w_weights, cols, v_t)
     grad_on = torch.is_grad_enabled()
     want_s = grad_on and student_logits.requires_grad
     want_w = grad_on and w_weights.requires_grad
-    w_e = w_weights.detach()[cp.s_ids, cp.k_ids].float()  # (E,)
     t2 = temperature**2
     tiny = torch.finfo(torch.float32).tiny
+    rows_cap = max(1, 4 * _BLOCK_ELEMS // v_s)
+    max_rows = rows_cap if not chunk_size or chunk_size <= 0 else min(chunk_size, rows_cap)
 
     def compute() -> tuple[tuple[Tensor, ...], list[Tensor | None]]:
-        a_s = row_logsumexp(s_flat, s_idx.pred_row, temperature)  # (P_s,)
-        a_t = row_logsumexp(t_flat, t_idx.pred_row, temperature)  # (P_t,)
-        g_s = torch.zeros_like(s_flat) if want_s else None
+        a_t, top = teacher_lse_and_topk(
+            t_flat, t_idx, v_t if columns is not None else top_k, temperature
+        )
+        cols = columns if columns is not None else top
+        cols = cols if cols is not None else torch.arange(v_t, device=device)
+        a_t = a_t[t_idx.pred_row]  # (P_t,)
+        cp = restrict_columns(w_indices, w_weights, cols, v_t)
+        w_e = w_weights.detach()[cp.s_ids, cp.k_ids].float()  # (E,)
+        g_s = torch.empty_like(s_flat) if want_s else None
+        if g_s is not None:  # rows no chunk reads get 0; every other row is written once below
+            unread = torch.ones(s_flat.shape[0], dtype=torch.bool, device=device)
+            unread[s_idx.pred_row] = False
+            g_s[unread] = 0
         g_we = torch.zeros_like(w_e) if want_w else None
+        buf = torch.empty(max_rows * v_s, dtype=torch.float32, device=device)
         acc = torch.zeros(len(_KEYS), dtype=torch.float32, device=device)
-        for start, end in token_slices(s_idx, t_idx, chunk_size):
+        for start, end in token_slices(s_idx, t_idx, max_rows):
             m = end - start
             lo, hi = int(s_idx.offsets[start]), int(s_idx.offsets[end])
             rs = s_idx.pred_row[lo:hi]
-            zu = s_flat[rs[:, None], cp.u_ids[None, :]].float()  # (P, U) gather
-            e = torch.exp(zu / temperature - a_s[lo:hi, None])  # (P, U) student probs on U
+            # Student: exp(z/T - max) into a reused block; its row sums give the log-partition,
+            # its U columns the probabilities P reads, and later the dense gradient term.
+            y = buf[: (hi - lo) * v_s].view(hi - lo, v_s)
+            y.copy_(s_flat.index_select(0, rs))
+            if temperature != 1.0:
+                y.div_(temperature)
+            y.sub_(y.amax(-1, keepdim=True)).exp_()
+            inv_sum = 1.0 / y.sum(-1, keepdim=True)  # (P, 1)
+            e = y.index_select(1, cp.u_ids).mul_(inv_sum)  # (P, U) student probs on U
             p_u = _chunk_sum(e, s_idx, start, end)  # (m, U)
             pu_t = p_u.t().contiguous()  # (U, m): entry rows contiguous for index_add
             src = pu_t[cp.entry_u] * w_e[:, None]  # (E, m)
             q = p_u.new_zeros(cols.numel(), m).index_add_(0, cp.slot, src).t()  # (m, k)
             tlo, thi = int(t_idx.offsets[start]), int(t_idx.offsets[end])
             rt = t_idx.pred_row[tlo:thi]
-            lt = t_flat[rt[:, None], cols[None, :]].float() / temperature  # (P_t, k)
-            lt = lt - a_t[tlo:thi, None]  # teacher log-probs on S
+            lt = t_flat[rt[:, None], cols[None, :]].float()  # (P_t, k)
+            lt = (lt / temperature if temperature != 1.0 else lt) - a_t[tlo:thi, None]
             if thi - tlo != m:  # multi-token chunks: log of the mean of the rows' probabilities
                 lt = torch.log(_chunk_sum(lt.exp(), t_idx, start, end).clamp_min(tiny))
             lse_t = torch.logsumexp(lt, dim=-1, keepdim=True)  # (m, 1)
@@ -248,20 +281,12 @@ def projected_kl_sums(
             g_e = _chunk_grad(g_pu.t(), s_idx, start, end) * e  # (P, U) = g_e * e_k
             if hi - lo == m:  # one token per chunk: a_k cancels except through the floors
                 big = t2 * (torch.where(ok_mass, pt_sum, 0.0) - (pt * ok_q).sum(-1, keepdim=True))
-                big = big.squeeze(1)
             else:
-                big = g_e.sum(-1)  # (P,)
-            g_e.div_(temperature)
-            dense = torch.nonzero(big != 0).squeeze(1)
-            sparse = torch.nonzero(big == 0).squeeze(1)
-            g_s[rs[sparse, None], cp.u_ids[None, :]] = g_e[sparse].to(g_s.dtype)
-            step = max(1, _BLOCK_ELEMS // v_s)
-            for i in range(0, dense.numel(), step):
-                d = dense[i : i + step]
-                full = _softmax_rows(s_flat, rs[d], a_s[lo:hi][d], temperature)  # (b, V_S)
-                full.mul_((-big[d] / temperature)[:, None])
-                full[:, cp.u_ids] += g_e[d]
-                g_s[rs[d]] = full.to(g_s.dtype)
+                big = g_e.sum(-1, keepdim=True)  # (P, 1)
+            # Row gradient (1/T) (g_e on U - G softmax), with softmax = y * inv_sum, in place.
+            y.mul_(big.mul_(inv_sum).div_(-temperature))
+            y.index_add_(1, cp.u_ids, g_e.div_(temperature))
+            g_s.index_copy_(0, rs, y if g_s.dtype == y.dtype else y.to(g_s.dtype))
         g_w = None
         if g_we is not None:
             g_w = torch.zeros(w_weights.shape, dtype=torch.float32, device=device)
