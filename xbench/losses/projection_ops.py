@@ -232,9 +232,11 @@ def projected_kl_sums(
             unread[s_idx.pred_row] = False
             g_s[unread] = 0
         g_we = torch.zeros_like(w_e) if want_w else None
-        buf = torch.empty(max_rows * v_s, dtype=torch.float32, device=device)
+        slices = token_slices(s_idx, t_idx, max_rows)  # a long chunk may exceed max_rows
+        most = max(int(s_idx.offsets[e] - s_idx.offsets[b]) for b, e in slices)
+        buf = torch.empty(most * v_s, dtype=torch.float32, device=device)
         acc = torch.zeros(len(_KEYS), dtype=torch.float32, device=device)
-        for start, end in token_slices(s_idx, t_idx, max_rows):
+        for start, end in slices:
             m = end - start
             lo, hi = int(s_idx.offsets[start]), int(s_idx.offsets[end])
             rs = s_idx.pred_row[lo:hi]
