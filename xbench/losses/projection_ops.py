@@ -230,7 +230,7 @@ def projected_kl_sums(
         if g_s is not None:  # rows no chunk reads get 0; every other row is written once below
             unread = torch.ones(s_flat.shape[0], dtype=torch.bool, device=device)
             unread[s_idx.pred_row] = False
-            g_s[unread] = 0
+            g_s.index_fill_(0, torch.nonzero(unread).squeeze(1), 0)
         g_we = torch.zeros_like(w_e) if want_w else None
         slices = token_slices(s_idx, t_idx, max_rows)  # a long chunk may exceed max_rows
         most = max(int(s_idx.offsets[e] - s_idx.offsets[b]) for b, e in slices)
@@ -243,7 +243,10 @@ def projected_kl_sums(
             # Student: exp(z/T - max) into a reused block; its row sums give the log-partition,
             # its U columns the probabilities P reads, and later the dense gradient term.
             y = buf[: (hi - lo) * v_s].view(hi - lo, v_s)
-            y.copy_(s_flat.index_select(0, rs))
+            if s_flat.dtype == y.dtype:
+                torch.index_select(s_flat, 0, rs, out=y)
+            else:  # bf16 logits: gather, then widen into the float32 block
+                y.copy_(s_flat.index_select(0, rs))
             if temperature != 1.0:
                 y.div_(temperature)
             y.sub_(y.amax(-1, keepdim=True)).exp_()
