@@ -49,7 +49,13 @@ __all__ = ["ColumnProjection", "projected_kl_sums", "restrict_columns", "teacher
 # small are reused by the allocator instead of page-faulted in afresh for every slice, which on a
 # CPU costs more than the arithmetic itself (measured: logsumexp over 256 x 128k rows 0.53 s in one
 # block, 0.30 s in blocks of 8 rows).
+# On an accelerator there is no page-faulting and each block costs kernel launches, so blocks
+# are 64x larger there (a student slice is then bounded by ``chunk_size`` alone).
 _BLOCK_ELEMS = 1 << 20
+
+
+def _block_elems(device: torch.device) -> int:
+    return _BLOCK_ELEMS if device.type == "cpu" else 64 * _BLOCK_ELEMS
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,7 @@ def teacher_lse_and_topk(
     row_w[t_idx.pred_row] = 1.0 / counts[t_idx.chunk_row]
     mass = torch.zeros(v_t, dtype=torch.float32, device=t_flat.device)
     lse = torch.empty(n_rows, dtype=torch.float32, device=t_flat.device)
-    step = max(1, _BLOCK_ELEMS // max(1, v_t))
+    step = max(1, _block_elems(t_flat.device) // max(1, v_t))
     for i in range(0, n_rows, step):
         y = t_flat[i : i + step].float()  # (b, V_T); a view when float32
         y = y / temperature if temperature != 1.0 else y
@@ -193,8 +199,8 @@ def projected_kl_sums(
         top_k: S = the micro-batch teacher top-k (:func:`teacher_lse_and_topk`); ``>= V_T``: all.
         columns: (k,) distinct teacher ids to use as S instead of the top-k.
         temperature: T (the loss carries T^2).
-        chunk_size: max predicting rows per side in one slice; the kernel also caps a slice at
-            about 4M student logits, so its (rows, V_S) float32 block stays ~16 MiB.
+        chunk_size: max predicting rows per side in one slice; on CPU the kernel also caps a
+            slice at about 4M student logits, so its (rows, V_S) float32 block stays ~16 MiB.
 
     Returns:
         ``(sums, n_chunks)`` with the keys of ``projected_kl_terms`` (loss, kl, top1_agree,
@@ -214,7 +220,7 @@ def projected_kl_sums(
     want_w = grad_on and w_weights.requires_grad
     t2 = temperature**2
     tiny = torch.finfo(torch.float32).tiny
-    rows_cap = max(1, 4 * _BLOCK_ELEMS // v_s)
+    rows_cap = max(1, 4 * _block_elems(device) // v_s)
     max_rows = rows_cap if not chunk_size or chunk_size <= 0 else min(chunk_size, rows_cap)
 
     def compute() -> tuple[tuple[Tensor, ...], list[Tensor | None]]:
