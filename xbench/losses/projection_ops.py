@@ -36,12 +36,16 @@ The student-logit gradient has the logits' dtype (bf16 under autocast), rounded 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from xbench.losses.chunks import ChunkIndex, build_chunk_index, token_slices
+from xbench.losses.chunks import (
+    ChunkIndex,
+    build_chunk_index,
+    token_slices,
+    with_precomputed_grads,
+)
 
 __all__ = ["ColumnProjection", "projected_kl_sums", "restrict_columns", "teacher_lse_and_topk"]
 
@@ -144,35 +148,6 @@ def _chunk_sum(x: Tensor, index: ChunkIndex, start: int, end: int) -> Tensor:
     return x.new_zeros(end - start, *x.shape[1:]).index_add_(0, rows, x).div_(counts[:, None])
 
 
-class _WithGrads(torch.autograd.Function):
-    """Returns precomputed sums; backward hands out the gradients computed during the forward,
-    scaled by the incoming gradient of the loss (output 0). Higher-order gradients unsupported."""
-
-    @staticmethod
-    def forward(ctx: Any, compute: Any, *tensors: Tensor) -> tuple[Tensor, ...]:
-        sums, grads = compute()
-        ctx.grads = grads
-        ctx.mark_non_differentiable(*sums[1:])
-        ctx.set_materialize_grads(False)
-        return sums
-
-    @staticmethod
-    def backward(ctx: Any, *gouts: Tensor | None) -> tuple[Tensor | None, ...]:
-        g = gouts[0]
-        grads, ctx.grads = ctx.grads, None
-        if grads is None:
-            raise RuntimeError("backward ran twice through projected_kl_sums")
-        res: list[Tensor | None] = [None]
-        for buf in grads:
-            if buf is None or g is None:
-                res.append(None)
-            elif g.numel() == 1 and float(g) == 1.0:
-                res.append(buf)
-            else:
-                res.append(buf.mul_(g.to(buf.dtype)))
-        return tuple(res)
-
-
 _KEYS = ("loss", "kl", "proj_mass_in_topk", "teacher_mass_in_topk", "top1_agree")
 
 
@@ -223,7 +198,7 @@ def projected_kl_sums(
     rows_cap = max(1, 4 * _block_elems(device) // v_s)
     max_rows = rows_cap if not chunk_size or chunk_size <= 0 else min(chunk_size, rows_cap)
 
-    def compute() -> tuple[tuple[Tensor, ...], list[Tensor | None]]:
+    def compute() -> tuple[tuple[Tensor, ...], int, list[Tensor | None]]:
         a_t, top = teacher_lse_and_topk(
             t_flat, t_idx, v_t if columns is not None else top_k, temperature
         )
@@ -304,12 +279,12 @@ def projected_kl_sums(
             g_w.index_put_((cp.s_ids, cp.k_ids), g_we, accumulate=True)
             g_w = g_w.to(w_weights.dtype)
         sums = tuple(acc[i].clone() for i in range(len(_KEYS)))
-        return sums, [g_s.view_as(student_logits) if g_s is not None else None, g_w]
+        return sums, 0, [g_s.view_as(student_logits) if g_s is not None else None, g_w]
 
     if want_s or want_w:
-        out = _WithGrads.apply(compute, student_logits, w_weights)
+        out = with_precomputed_grads(compute, student_logits, w_weights)
     else:
-        out, _ = compute()
+        out = compute()[0]
     return dict(zip(_KEYS, out, strict=True)), n
 
 
