@@ -10,10 +10,12 @@ student ids having a W entry in S:
     KL_c   = T^2 sum_j pt_j (log pt_j - log q_j + log Q_c),  Q_c = sum_j q_c[j]
 
 (pt: the teacher chunk distribution renormalized on S; log q and log Q floored at the smallest
-normal float exactly like the generic path). Per side this reads the logits once for the
-log-partition a_k (in blocks of a few rows, so no (rows, V) float32 copy exists) and gathers the
-|U| (student) or |S| (teacher) columns; at Llama-3 x Qwen3 with |S| = 8192 that is ~8k of 128k
-student columns. No (rows, V_T) tensor is ever built.
+normal float exactly like the generic path). Each side's logits are read in one pass: the
+teacher's in blocks of a few rows that yield both its log-partitions and the micro-batch top-k
+mass (:func:`teacher_lse_and_topk`); the student's slice by slice into one reused float32 block
+(exp, row sums, the |U| columns; later, in place, the rows' gradient). At Llama-3 x Qwen3 with
+|S| = 8192, |U| is ~8k of 128k student columns and ~8k W entries land in S. No (rows, V_T) tensor
+is ever built; the one full-size tensor is the student-logit gradient itself.
 
 Gradients are closed-form and computed slice by slice during the forward (like
 ``chunks.cross_tokenizer_sums``), then scaled by the incoming gradient in backward:
@@ -23,10 +25,12 @@ Gradients are closed-form and computed slice by slice during the forward (like
     dL/dz_k[v] = (1/T) (g_e[k, v] e_k[v] [v in U] - G_k softmax(z_k / T)[v]),
         e_k = exp(z_k[U] / T - a_k),  g_e[k] = g_P[c(k)] / n_c,  G_k = sum_u g_e[k, u] e_k[u].
 
-The dense term G_k softmax(z_k) is the only full-width gradient work. For a one-token chunk KL_c
-does not depend on a_k (it cancels between q and Q) except through the floor, so there
-G_c = T^2 (S_c [Q_c >= tiny] - sum_{j: q_j >= tiny} pt_j) is computed in closed form and is exactly
-0 when no column of the chunk is floored: such rows get only their |U| sparse entries.
+The term G_k softmax(z_k) is the only full-width gradient work. For a one-token chunk KL_c does
+not depend on a_k (it cancels between q and Q) except through the floor, so there
+G_c = T^2 (S_c [Q_c >= tiny] - sum_{j: q_j >= tiny} pt_j) is computed in closed form: exactly 0
+when no column of the chunk is floored (rounding noise in the generic path). With real pairs it is
+rarely 0: S holds teacher tokens no student token maps to, whose floored log makes the loss depend
+on the student's log-partition.
 
 Zero-weight slots of W are padding (``LearnableProjection`` masks them): they carry no mass and
 receive no gradient here (the generic path gives them one, which the mask then discards).
@@ -138,7 +142,7 @@ def teacher_lse_and_topk(
     return lse, cols
 
 
-def _chunk_sum(x: Tensor, index: ChunkIndex, start: int, end: int) -> Tensor:
+def _chunk_mean(x: Tensor, index: ChunkIndex, start: int, end: int) -> Tensor:
     """(end - start, ...) per-chunk mean of the token rows ``x`` of chunks ``start..end-1``."""
     lo, hi = int(index.offsets[start]), int(index.offsets[end])
     if hi - lo == end - start:
@@ -233,7 +237,7 @@ def projected_kl_sums(
             y.sub_(y.amax(-1, keepdim=True)).exp_()
             inv_sum = 1.0 / y.sum(-1, keepdim=True)  # (P, 1)
             e = y.index_select(1, cp.u_ids).mul_(inv_sum)  # (P, U) student probs on U
-            p_u = _chunk_sum(e, s_idx, start, end)  # (m, U)
+            p_u = _chunk_mean(e, s_idx, start, end)  # (m, U)
             pu_t = p_u.t().contiguous()  # (U, m): entry rows contiguous for index_add
             src = pu_t[cp.entry_u] * w_e[:, None]  # (E, m)
             q = p_u.new_zeros(cols.numel(), m).index_add_(0, cp.slot, src).t()  # (m, k)
@@ -242,7 +246,7 @@ def projected_kl_sums(
             lt = t_flat[rt[:, None], cols[None, :]].float()  # (P_t, k)
             lt = (lt / temperature if temperature != 1.0 else lt) - a_t[tlo:thi, None]
             if thi - tlo != m:  # multi-token chunks: log of the mean of the rows' probabilities
-                lt = torch.log(_chunk_sum(lt.exp(), t_idx, start, end).clamp_min(tiny))
+                lt = torch.log(_chunk_mean(lt.exp(), t_idx, start, end).clamp_min(tiny))
             lse_t = torch.logsumexp(lt, dim=-1, keepdim=True)  # (m, 1)
             log_pt = lt - lse_t
             pt = log_pt.exp()
@@ -290,7 +294,7 @@ def projected_kl_sums(
 
 def _chunk_grad(g_chunk: Tensor, index: ChunkIndex, start: int, end: int) -> Tensor:
     """(P, ...) gradient of each token row from the gradient of its chunk's mean (adjoint of
-    :func:`_chunk_sum`)."""
+    :func:`_chunk_mean`)."""
     lo, hi = int(index.offsets[start]), int(index.offsets[end])
     if hi - lo == end - start:
         return g_chunk
