@@ -178,3 +178,19 @@ def test_real_vocabularies_llama3_qwen3() -> None:
     assert gw_n.abs().sum() > 0
     print(f"generic {t_ref:.2f} s, kernel {t_new:.2f} s")
     assert t_new < t_ref, (t_new, t_ref)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_teacher_pass_equals_topk_columns_and_logsumexp(temperature: float) -> None:
+    """The fused teacher pass picks pkl.teacher_topk_columns' columns and exact log-partitions."""
+    from xbench.losses.chunks import build_chunk_index
+    from xbench.losses.projection_ops import teacher_lse_and_topk
+
+    B, T, V_T = 3, 21, 300
+    _, tc, mask, _ = random_alignment(B, T, T, seed=9)
+    zt = torch.randn(B, T, V_T, generator=torch.Generator().manual_seed(10)) * 3
+    lse, cols = teacher_lse_and_topk(zt.reshape(-1, V_T), build_chunk_index(tc, mask), 40,
+                                     temperature)  # fmt: skip
+    ref = teacher_topk_columns(zt, tc, mask, 40, temperature=temperature)
+    assert cols is not None and torch.equal(cols, ref)
+    torch.testing.assert_close(lse, torch.logsumexp(zt.reshape(-1, V_T) / temperature, -1))
