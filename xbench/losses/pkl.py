@@ -395,7 +395,7 @@ def pkl_loss(
 def _pkl_output(
     sums: dict[str, Tensor], n: int, student_logits: Tensor, w_weights: Tensor
 ) -> LossOutput:
-    """LossOutput from P-KL's slice sums (a graph-connected zero when no chunk is valid)."""
+    """LossOutput of P-KL's per-slice sums (a zero keeping both graphs when nothing is valid)."""
     count = torch.tensor(n, device=student_logits.device)
     if not sums:
         zero = student_logits.sum() * 0.0 + w_weights.sum() * 0.0
