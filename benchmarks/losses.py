@@ -26,7 +26,12 @@ over all B sequences as its trainer does (per-sequence loss, averaged, one backw
 xbench's gold uses the same pairs, beta = 0, adaptive weights and "chain" chunks (= TRL's
 "bayesian" merge, parity-tested); hkl uses "mean" chunks.
 
-Usage: ``python benchmarks/losses.py [--methods kd,gold,pkl,hkl,trl] [--positions-per-seq 256]``.
+``--real-w`` replaces the random structure by the real one from the cache: the Llama-3 x Qwen3 W
+(128,256 rows, K = 4, 109,716 one-hot rows), GOLD's exact pairs (TRL semantics) and H-KL's
+relaxed pairs; the logits and chunks stay random.
+
+Usage: ``python benchmarks/losses.py [--methods kd,gold,pkl,hkl,trl] [--positions-per-seq 256]
+[--real-w]``.
 Ends with one ``RESULT ...`` line.
 """
 
@@ -59,7 +64,27 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-def make_inputs(T: int, b: int = B, seed: int = 0) -> dict:
+def real_structure() -> dict:
+    """The real Llama-3 x Qwen3 W (K = 4) and common sets from the cache (``--real-w``): GOLD's
+    exact pairs (TRL semantics) and H-KL's relaxed pairs (threshold 0.6)."""
+    from xbench.assets import load_tokenizer
+    from xbench.tokenpair.projection import (
+        exact_common_pairs,
+        load_or_build,
+        relaxed_common_pairs,
+    )
+
+    s_tok, t_tok = load_tokenizer("llama3"), load_tokenizer("qwen3")
+    proj = load_or_build(s_tok, t_tok)
+    if proj.indices.shape[0] != V_S or int(proj.meta["V_T"]) != V_T:
+        raise ValueError(f"cached W is {tuple(proj.indices.shape)} x {proj.meta['V_T']}")
+    cs, ct = exact_common_pairs(s_tok, t_tok, semantics="trl")
+    hs, ht = relaxed_common_pairs(proj, 0.6)
+    return {"w_idx": proj.indices.long(), "w": proj.weights.float(), "cs": cs, "ct": ct,
+            "hs": hs, "ht": ht}  # fmt: skip
+
+
+def make_inputs(T: int, b: int = B, seed: int = 0, real: bool = False) -> dict:
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -81,16 +106,20 @@ def make_inputs(T: int, b: int = B, seed: int = 0) -> dict:
     perm_s = torch.randperm(V_S, generator=g)[:N_COMMON]
     perm_t = torch.randperm(V_T, generator=g)[:N_COMMON]
     w = torch.tensor([0.9, 0.09, 0.009, 0.0009]).repeat(V_S, 1)
+    structure = real_structure() if real else {}
     return {
         "sc": torch.stack([s for s, _, _ in chunks]), "tc": torch.stack([t for _, t, _ in chunks]),
         "mask": mask, "sid": torch.randint(0, V_S, (b, T), generator=g),
         "tid": torch.randint(0, V_T, (b, T), generator=g),
         "cs": perm_s, "ct": perm_t,
         "w_idx": torch.randint(0, V_T, (V_S, K), generator=g), "w": w / w.sum(1, keepdim=True),
+        "hs": perm_s, "ht": perm_t, **structure,
     }  # fmt: skip
 
 
-def run_method(method: str, T: int, b: int = B, trl_seqs: int = B, device: str = "cpu") -> float:
+def run_method(
+    method: str, T: int, b: int = B, trl_seqs: int = B, device: str = "cpu", real: bool = False
+) -> float:
     """One forward+backward of ``method``; returns seconds (logits created before timing).
 
     On CUDA the logits are bf16 (as under autocast), time is synchronized wall clock and the
@@ -100,7 +129,7 @@ def run_method(method: str, T: int, b: int = B, trl_seqs: int = B, device: str =
 
     import xbench.losses as L
 
-    d = make_inputs(T, b)
+    d = make_inputs(T, b, real=real)
     g = torch.Generator().manual_seed(1)
     vt = V_S if method == "kd" else V_T
     cuda = device.startswith("cuda")
@@ -124,7 +153,7 @@ def run_method(method: str, T: int, b: int = B, trl_seqs: int = B, device: str =
         out = L.get("gold")(*common, d["cs"], d["ct"], chunk_size=256, chunk_method="chain",
                             student_ids=d["sid"], teacher_ids=d["tid"])  # fmt: skip
     elif method == "hkl":
-        out = L.get("hkl")(*common, d["cs"], d["ct"], chunk_size=256)
+        out = L.get("hkl")(*common, d["hs"], d["ht"], chunk_size=256)
     elif method == "pkl":
         out = L.get("pkl")(*common, d["w_idx"], d["w"], top_k=TOP_K, chunk_size=256)
     elif method == "trl":
@@ -190,15 +219,17 @@ def run_trl(zs, zt, d, t0: float, n_seqs: int) -> float:
     return time.perf_counter() - t0
 
 
-def child(method: str, T: int, trl_seqs: int, device: str = "cpu") -> None:
+def child(method: str, T: int, trl_seqs: int, device: str = "cpu", real: bool = False) -> None:
     import torch
 
     torch.set_num_threads(1)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     # Warm-up (imports, allocator, kernels); on CUDA at the timed shape, whose kernels load lazily.
     cuda = device.startswith("cuda")
-    run_method(method, T if cuda else 16, trl_seqs if cuda else 1, device=device)
-    secs = run_method(method, T, trl_seqs=trl_seqs, device=device)
+    run_method(
+        method, T if cuda else 16, B if cuda else 1, trl_seqs if cuda else 1, device=device, real=real
+    )
+    secs = run_method(method, T, trl_seqs=trl_seqs, device=device, real=real)
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() // 1024 - _RSS0
     else:
@@ -212,16 +243,21 @@ def main() -> None:
     ap.add_argument("--positions-per-seq", type=int, default=256)
     ap.add_argument("--trl-seqs", type=int, default=B, help="TRL: time N of the B sequences")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 logits; no TRL)")
+    ap.add_argument(
+        "--real-w",
+        action="store_true",
+        help="the real Llama-3 x Qwen3 W and common sets from the cache instead of random ones",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        child(a.child, a.positions_per_seq, a.trl_seqs, a.device)
+        child(a.child, a.positions_per_seq, a.trl_seqs, a.device, a.real_w)
         return
     res = {}
     for m in a.methods.split(","):
         cmd = [sys.executable, __file__, "--child", m, "--positions-per-seq",
                str(a.positions_per_seq), "--trl-seqs", str(a.trl_seqs),
-               "--device", a.device]  # fmt: skip
+               "--device", a.device, *(["--real-w"] if a.real_w else [])]  # fmt: skip
         # The child imports xbench: put this checkout on its path (it runs as a plain script).
         path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
         out = subprocess.run(
@@ -238,7 +274,8 @@ def main() -> None:
               f"  {r.get('note', '')}", flush=True)  # fmt: skip
     print(
         f"device={a.device}, threads=1, B={B}, T={a.positions_per_seq}, V_S={V_S}, "
-        f"V_T={V_T}, top_k={TOP_K}"
+        f"V_T={V_T}, top_k={TOP_K}, W and common sets: "
+        f"{'real Llama-3 x Qwen3' if a.real_w else 'random'}"
     )
 
     def ratio(x: str, y: str, key: str) -> str:

@@ -52,6 +52,7 @@ __all__ = [
     "cross_tokenizer_sums",
     "rows_log_probs",
     "token_slices",
+    "with_precomputed_grads",
 ]
 
 ChunkMethod = Literal["mean", "chain", "logmean"]
@@ -268,6 +269,15 @@ class _EagerSlices(torch.autograd.Function):
             else:
                 res.append(buf.mul_(g.to(buf.dtype)))
         return tuple(res)
+
+
+def with_precomputed_grads(
+    compute: Callable[[], tuple[tuple[Tensor, ...], int, list]], *tensors: Tensor
+) -> tuple[Tensor, ...]:
+    """The sums of ``compute() -> (sums, diff_k, grads)``, differentiable in output ``diff_k``
+    only: backward hands out ``grads`` (one per tensor, None = no gradient) scaled by the
+    incoming gradient. For kernels that compute their gradients during the forward."""
+    return _EagerSlices.apply(compute, *tensors)
 
 
 def cross_tokenizer_sums(

@@ -17,6 +17,7 @@ from xbench.losses.chunks import (
     token_slices,
 )
 from xbench.losses.kd import divergence_terms
+from xbench.losses.projection_ops import projected_kl_sums
 
 __all__ = [
     "Q_FLOOR",
@@ -290,6 +291,7 @@ def pkl_loss(
     chunk_size: int | None = 256,
     use_checkpoint: bool = True,
     authors: bool = False,
+    fast: bool = True,
 ) -> LossOutput:
     """P-KL (X-Token), summed over valid chunks c:
 
@@ -327,6 +329,10 @@ def pkl_loss(
         chunk_method, student_ids, teacher_ids: chunk distributions.
         chunk_size: max predicting rows (tokens) per side in one slice; use_checkpoint: under
             autograd, differentiate slice by slice during the forward (False: one graph).
+        fast: use the column-restricted kernel (``projection_ops.projected_kl_sums``, same
+            value and gradients) where it applies: forward KL (``beta`` 0) with
+            ``authors=True``, or with ``top_k_scope="microbatch"`` and ``chunk_method="mean"``.
+            False forces the generic path (the kernel's reference in the tests).
 
     Returns:
         LossOutput(total = sum over chunks, count = valid chunks, components = sums of kl,
@@ -339,12 +345,33 @@ def pkl_loss(
             f"W has {w_indices.shape[0]} rows, student head {student_logits.shape[-1]}"
         )
     idx = w_indices.long()
-    if authors:
+    # The column-restricted kernel (projection_ops) computes the forward KL with "mean" student
+    # chunks on one column set per micro-batch: the xbench semantics with top_k_scope=microbatch
+    # and chunk_method=mean, and the authors'. Everything else takes the generic path.
+    kernel = (
+        fast
+        and beta == 0.0
+        and (authors or (top_k_scope == "microbatch" and chunk_method == "mean"))
+    )
+    if authors and not kernel:
         return _pkl_authors(
             student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, idx,
             w_weights, top_k=top_k, beta=beta, temperature=temperature, chunk_size=chunk_size,
             use_checkpoint=use_checkpoint,
         )  # fmt: skip
+    if kernel:
+        v_t = teacher_logits.shape[-1]
+        sel: dict[str, Any] = (
+            {"columns": max_logit_columns(teacher_logits, top_k), "teacher_log_means": True}
+            if authors
+            else {"reach": reachable_columns(idx, w_weights, v_t)}
+        )
+        sums, n = projected_kl_sums(
+            student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, idx,
+            w_weights, top_k=top_k, q_floor=Q_FLOOR, temperature=temperature,
+            chunk_size=chunk_size, **sel,
+        )  # fmt: skip
+        return _pkl_output(sums, n, student_logits, w_weights)
     columns, reach, unreach = column_sets(
         teacher_logits, teacher_chunk, chunk_mask, idx, w_weights, top_k, top_k_scope,
         chunk_method=chunk_method, temperature=temperature, teacher_ids=teacher_ids,
