@@ -226,9 +226,8 @@ def child(method: str, T: int, trl_seqs: int, device: str = "cpu", real: bool = 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     # Warm-up (imports, allocator, kernels); on CUDA at the timed shape, whose kernels load lazily.
     cuda = device.startswith("cuda")
-    run_method(
-        method, T if cuda else 16, B if cuda else 1, trl_seqs if cuda else 1, device=device, real=real
-    )
+    warm_t, warm_b, warm_trl = (T, B, trl_seqs) if cuda else (16, 1, 1)
+    run_method(method, warm_t, warm_b, warm_trl, device=device, real=real)
     secs = run_method(method, T, trl_seqs=trl_seqs, device=device, real=real)
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() // 1024 - _RSS0
