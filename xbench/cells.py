@@ -6,7 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-METHODS = ("kd", "uld", "gold", "pkl", "hkl", "xtoken")
+from xbench.vocab import KD_METHODS
 
 
 def cell_spec(cfg: DictConfig) -> dict[str, Any]:
@@ -23,9 +23,9 @@ def cell_spec(cfg: DictConfig) -> dict[str, Any]:
                 f"cells.{name}.teachers[{i}].teacher={t.get('teacher')!r} is not in the zoo; "
                 f"add `- /teacher@zoo.{t.get('teacher')}: FILE` to the experiment's defaults."
             )
-        if t.get("method") not in METHODS:
+        if t.get("method") not in KD_METHODS:
             raise ValueError(
-                f"cells.{name}.teachers[{i}].method={t.get('method')!r}; use one of {METHODS}."
+                f"cells.{name}.teachers[{i}].method={t.get('method')!r}; use one of {KD_METHODS}."
             )
     return spec
 

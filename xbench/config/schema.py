@@ -15,10 +15,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-# Config vocabulary shared with the engine (objective.py keeps the same tuples).
-KD_METHODS = ("kd", "uld", "gold", "pkl", "hkl", "xtoken")
-KL_DIRECTIONS = ("forward", "reverse", "jsd")
-MULTI_TEACHER = ("static", "softmax_ce", "softmax_entropy", "softmax_maxprob", "best", "logit_avg")
+from xbench.vocab import KD_METHODS, KL_DIRECTIONS, MIX_MODES, MULTI_TEACHER  # noqa: F401 (KD_METHODS re-exported)
 
 
 def _f(default: Any, help: str = "", **rule: Any) -> Any:
@@ -95,7 +92,7 @@ class KdConf:
 
 @dataclass
 class MixConf:
-    mode: str = _f("dynamic", "how CE and KD combine", choices=("dynamic", "fixed"))
+    mode: str = _f("dynamic", "how CE and KD combine", choices=MIX_MODES)
     ce_weight: float = _f(1.0, "CE weight when mode=fixed", ge=0)
     kd_weight: float = _f(1.0, "KD weight when mode=fixed", ge=0)
 

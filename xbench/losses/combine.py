@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xbench.losses.ce import shifted_valid_rows
+from xbench.vocab import MIX_MODES, MULTI_TEACHER
 
 __all__ = [
     "MIX_MODES",
@@ -42,11 +43,6 @@ __all__ = [
     "weighted_teachers",
 ]
 
-MIX_MODES = ("dynamic", "fixed")
-# kd.multi_teacher: static weights (paper default), softmax over per-batch teacher scores (-CE,
-# -entropy, max-prob), the best teacher per batch, or one KD against the weighted average of
-# same-vocabulary teachers' logits (handled by the objective, which averages before the loss).
-MULTI_TEACHER = ("static", "softmax_ce", "softmax_entropy", "softmax_maxprob", "best", "logit_avg")
 _SCORE = {"softmax_ce": "neg_ce", "softmax_entropy": "neg_entropy", "softmax_maxprob": "max_prob"}
 
 

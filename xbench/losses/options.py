@@ -19,6 +19,7 @@ from xbench.losses.chunks import CHUNK_METHODS
 from xbench.losses.combine import MIX_MODES, MULTI_TEACHER
 from xbench.losses.gold import GOLD_VARIANTS
 from xbench.losses.presets import FORMULAS, PRESETS, preset_fixes
+from xbench.vocab import KD_METHODS as METHODS
 
 __all__ = [
     "KD_DEFAULTS",
@@ -30,7 +31,6 @@ __all__ = [
     "hybrid_beta",
 ]
 
-METHODS = ("kd", "uld", "gold", "pkl", "hkl", "xtoken")
 _ALL = frozenset(METHODS)
 _CROSS = frozenset(("uld", "gold", "pkl", "hkl", "xtoken"))
 _HYBRID = frozenset(("gold", "hkl", "xtoken"))
