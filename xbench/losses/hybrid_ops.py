@@ -6,7 +6,8 @@ under every chunk method (``mean``, ``chain``, ``logmean``). With lq_S (n, V_S),
 chunk log-probabilities (:mod:`xbench.losses.chunks`), (s_j, t_j) the M pairs, U_S / U_T their
 complements, f the factor (T^2 or 1):
 
-    L = w_C f sum_j pt_j (lq_T[t_j] - lq_S[s_j]) + w_U f sum_r |sort_desc(ps_U)_r - sort_desc(pt_U)_r|
+    L = w_C f sum_j pt_j (lq_T[t_j] - lq_S[s_j])
+        + w_U f sum_r |sort_desc(ps_U)_r - sort_desc(pt_U)_r|
     pt = exp(lq_T),  ps_U = exp(lq_S[U_S]),  pt_U = exp(lq_T[U_T])     (ULD: M = 0, w_U = 1)
 
 Its gradient w.r.t. the student chunk log-probabilities is, per chunk c,
@@ -36,7 +37,8 @@ under ``mean`` the gradient through ``clamp_min(tiny)`` of an underflowed chunk 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -66,11 +68,11 @@ def _log_softmax_rows(flat: Tensor, sel: Tensor, temperature: float, buf: Tensor
         y.copy_(flat.index_select(0, sel))
     if temperature != 1.0:
         y.div_(temperature)
-    step = max(1, _block_elems(y.device) // v)  # logsumexp's temporary stays a small reused block
-    for i in range(0, y.shape[0], step):
-        b = y[i : i + step]
-        b.sub_(torch.logsumexp(b, -1, keepdim=True))
-    return y
+    if y.device.type == "cpu":
+        # In place: the CPU kernel reads a row (max, sum of exp) before writing it. Bitwise equal
+        # to F.log_softmax, 1.3x faster than it and 1.6x faster than logsumexp + sub in blocks.
+        return torch.log_softmax(y, -1, out=y)
+    return y.copy_(torch.log_softmax(y, -1))
 
 
 def _chunk_log_probs(
@@ -99,6 +101,22 @@ def _chunk_log_probs(
         prefix = y.new_zeros(n).index_add_(0, rows[~last], tok_lp[~last])  # (n,)
         return y[last].add_(prefix[:, None]), None
     raise ValueError(f"unknown chunk method {method!r}")
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """The pairs of one slice, read block by block: the teacher chunk log-probs and the ids."""
+
+    lq_t: Tensor  # (m, V_T)
+    cs: Tensor  # (M,) student ids
+    ct: Tensor  # (M,) teacher ids
+    blocks: range  # block starts over 0..M
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """(student column ids (b,), teacher probabilities (m, b)) per block."""
+        for j in self.blocks:
+            sl = slice(j, j + self.blocks.step)
+            yield self.cs[sl], self.lq_t.index_select(1, self.ct[sl]).exp_()
 
 
 def _column_blocks(n_rows: int, m: int, device: torch.device) -> range:
@@ -184,11 +202,6 @@ def hybrid_sums(
             m = end - start
             blocks = _column_blocks(m, cs.numel(), device)
 
-            def teacher_p(j: int, lq_t: Tensor = lq_t) -> tuple[Tensor, Tensor]:
-                """Pair block j: (student column ids, teacher probabilities (m, b))."""
-                sl = slice(j, j + blocks.step)
-                return cs[sl], lq_t.index_select(1, ct[sl]).exp_()
-
             # Common term: sum_j pt_j (lq_T[t_j] - lq_S[s_j]), block by block over the pairs.
             pt_rows = lq_s.new_zeros(m)  # (m,) teacher mass on the pairs, per chunk
             for j in blocks:
@@ -211,8 +224,9 @@ def hybrid_sums(
             # dL/dlq_S: -wc pt on the pairs, wu sgn ps on U_S; G its row sum.
             g_u = sgn.mul_(ps_u).mul_(wu) if sgn is not None else ps_u.zero_()  # (m, |U_S|)
             big = g_u.sum(-1) - wc * pt_rows  # (m,) G
+            pairs = _Pairs(lq_t, cs, ct, blocks)
             _student_grad(ys, lq_s, log_norm, s_idx, start, end, chunk_method, big, g_u, us,
-                          wc, blocks, teacher_p)  # fmt: skip
+                          wc, pairs)  # fmt: skip
             if temperature != 1.0:
                 ys.div_(temperature)
             g_s.index_copy_(0, sel_s, ys if g_s.dtype == ys.dtype else ys.to(g_s.dtype))
@@ -220,10 +234,7 @@ def hybrid_sums(
         sums = (div, l1, w_common * div + w_uncommon * l1, acc[2].clone(), acc[3].clone())
         return sums, 2, [g_s.view_as(student_logits) if g_s is not None else None]
 
-    if want:
-        out = with_precomputed_grads(compute, student_logits)
-    else:
-        out = compute()[0]
+    out = with_precomputed_grads(compute, student_logits) if want else compute()[0]
     return dict(zip(HYBRID_KEYS, out, strict=True)), n
 
 
@@ -239,18 +250,16 @@ def _student_grad(
     g_u: Tensor,
     us: Tensor,
     wc: float,
-    blocks: range,
-    teacher_p: Callable[[int], tuple[Tensor, Tensor]],
+    pairs: _Pairs,
 ) -> None:
     """Turn the rows' log-softmax ``ys`` (P, V_S) into dL/d(z / T) in place (module docstring).
 
-    ``big`` (m,) = G, ``g_u`` (m, |U_S|) = g on U_S; g on the pairs is -wc pt (``teacher_p``).
+    ``big`` (m,) = G, ``g_u`` (m, |U_S|) = g on U_S; g on the pairs is -wc pt (``pairs``).
     ``lq_s`` (the chunk block, multi-token chunks only) is overwritten."""
     m = end - start
     if ys.shape[0] == m:  # one token per chunk: g - p G, built in place over p
         ys.exp_().mul_(-big[:, None])
-        for j in blocks:
-            s_cols, pt = teacher_p(j)
+        for s_cols, pt in pairs:
             ys.index_add_(1, s_cols, pt.mul_(-wc))
         ys.index_add_(1, us, g_u)
         return
@@ -259,8 +268,7 @@ def _student_grad(
     step = max(1, _block_elems(ys.device) // ys.shape[1])
     if method == "mean":  # h = (g / q - G) / sum S into the chunk block, q = exp(lq_S)
         assert log_norm is not None
-        for j in blocks:
-            s_cols, pt = teacher_p(j)
+        for s_cols, pt in pairs:
             lq_s.index_copy_(1, s_cols, pt.div_(lq_s.index_select(1, s_cols).exp_()).mul_(-wc))
         lq_s.index_copy_(1, us, g_u.div_(lq_s.index_select(1, us).exp_()))
         h = lq_s.sub_(big[:, None]).div_(log_norm.exp())
@@ -271,8 +279,7 @@ def _student_grad(
             p.mul_(-ph.sum(-1, keepdim=True)).add_(ph)
         return
     # logmean and chain: g itself into the chunk block, then each row's share.
-    for j in blocks:
-        s_cols, pt = teacher_p(j)
+    for s_cols, pt in pairs:
         lq_s.index_copy_(1, s_cols, pt.mul_(-wc))
     lq_s.index_copy_(1, us, g_u)
     if method == "logmean":
