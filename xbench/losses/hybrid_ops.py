@@ -50,7 +50,7 @@ from xbench.losses.chunks import (
     token_slices,
     with_precomputed_grads,
 )
-from xbench.losses.projection_ops import _block_elems
+from xbench.losses.projection_ops import _block_elems, row_grad_buffer
 from xbench.losses.uld import sorted_l1_and_sign
 
 __all__ = ["HYBRID_KEYS", "hybrid_sums"]
@@ -181,11 +181,7 @@ def hybrid_sums(
     wc, wu = w_common * factor, w_uncommon * factor
 
     def compute() -> tuple[tuple[Tensor, ...], int, list[Tensor | None]]:
-        g_s = torch.empty_like(s_flat) if want else None
-        if g_s is not None:  # rows no chunk reads get 0; every other row is written once below
-            unread = torch.ones(s_flat.shape[0], dtype=torch.bool, device=device)
-            unread[s_idx.pred_row] = False
-            g_s.index_fill_(0, torch.nonzero(unread).squeeze(1), 0)
+        g_s = row_grad_buffer(s_flat, s_idx) if want else None
         slices = token_slices(s_idx, t_idx, max_rows)
         most_s = max(int(s_idx.offsets[e] - s_idx.offsets[b]) for b, e in slices)
         most_t = max(int(t_idx.offsets[e] - t_idx.offsets[b]) for b, e in slices)
