@@ -16,15 +16,29 @@ __all__ = ["sorted_l1", "uld_loss"]
 
 def _sort_desc(x: Tensor, want_index: bool) -> tuple[Tensor, Tensor | None]:
     """Row-wise descending sort. On CPU numpy's vectorized sort is several times faster than
-    ``torch.sort`` (measured 6x values-only, 2.7x argsort, 1 thread); ties order is irrelevant."""
+    ``torch.sort`` (measured 6x values-only, 2.7x argsort, 1 thread). Equal values (common: a
+    float32 row of 128k probabilities holds thousands of exact ties) come out in descending
+    column order; which tied entry takes which rank changes only the sub-gradient."""
     if x.device.type != "cpu":
         v, i = torch.sort(x, dim=-1, descending=True)
         return v, (i if want_index else None)
-    a = x.detach().contiguous().numpy()
-    if want_index:
-        idx = np.argsort(a, axis=-1)[:, ::-1]
-        return torch.from_numpy(np.take_along_axis(a, idx, -1)), torch.from_numpy(idx.copy())
-    return torch.from_numpy(np.ascontiguousarray(np.sort(a, axis=-1)[:, ::-1])), None
+    a = x.detach().float().contiguous().numpy()
+    if not want_index:
+        return torch.from_numpy(np.ascontiguousarray(np.sort(a, axis=-1)[:, ::-1])), None
+    # The argsort as one value sort of int64 keys (order-preserving float32 bits << 32 | column):
+    # 2x faster than np.argsort + take_along_axis (measured 77-107 vs 185-203 ms, 27 x 128,256).
+    key = _order_bits(a.view(np.int32)).astype(np.int64) << 32
+    key |= np.arange(a.shape[1], dtype=np.int64)
+    key.sort(axis=-1)
+    key = key[:, ::-1]
+    values = _order_bits((key >> 32).astype(np.int32)).view(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(values)), torch.from_numpy(key & 0xFFFFFFFF)
+
+
+def _order_bits(bits: np.ndarray) -> np.ndarray:
+    """float32 bit patterns (as int32) <-> int32 keys in the floats' order (an involution:
+    negative floats have their magnitude bits flipped)."""
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
 class _SortedL1(torch.autograd.Function):
