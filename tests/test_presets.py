@@ -82,9 +82,9 @@ def naive_pkl(d, zs, idx, w) -> torch.Tensor:
     ):
         q = torch.stack([F.softmax(zs[0, r] / T, -1) for r in s_rows]).mean(0)  # (V_S,)
         proj = q.new_zeros(zt.shape[-1]).index_add(0, idx.flatten(), (q[:, None] * w).flatten())
-        P = proj[cols] / proj[cols].sum()
+        P = proj[cols] / (proj[cols].sum() + 1e-10)  # their epsilon, added, not a floor
         Lc = torch.stack([F.log_softmax(zt[r, cols] / T, -1) for r in t_rows]).mean(0)
-        total = total + T**2 * (Lc.exp() * (Lc - P.clamp_min(1e-10).log())).sum()
+        total = total + T**2 * (Lc.exp() * (Lc - (P + 1e-10).log())).sum()
     return total
 
 
