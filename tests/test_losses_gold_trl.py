@@ -94,6 +94,19 @@ def test_gold_trl_variant_equals_trl_hybrid(beta: float, weights) -> None:
         student_ids=sid, teacher_ids=tid, **loss_kwargs("trl", "gold"),
     )  # fmt: skip
     assert (out_p.total / out_p.count).item() == pytest.approx(ref.item(), abs=1e-5)
+    # ... and its gradient w.r.t. the student logits, through TRL's own merge and hybrid loss.
+    z = zs.clone().requires_grad_()
+    ps_g = F.softmax(z[0, : Ts - 1], -1)
+    sa_g = u._merge_probabilities_with_alignment_groups(ps_g, s_groups, sid[0, 1:].tolist())
+    (g_ref,) = torch.autograd.grad(u._compute_hybrid_uld_loss(sa_g, ta), z)
+    z2 = zs.clone().requires_grad_()
+    mine = L.get("gold")(
+        z2, zt, groups_to_chunks(s_groups, Ts), groups_to_chunks(t_groups, Tt),
+        torch.ones(1, len(s_groups), dtype=torch.bool), cs, ct, beta=beta, weights=w,
+        student_ids=sid, teacher_ids=tid, **loss_kwargs("trl", "gold"),
+    )  # fmt: skip
+    (g_mine,) = torch.autograd.grad(mine.total / mine.count, z2)
+    assert torch.allclose(g_mine, g_ref, atol=1e-6), (g_mine - g_ref).abs().max()
     # One-token chunks: both chunk methods reduce to the next-token distribution.
     one = [[k] for k in range(Ts - 1)]
     sa1 = F.softmax(zs[0, : Ts - 1], -1)
