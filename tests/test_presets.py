@@ -2,8 +2,9 @@
 
 The ``authors`` references follow shared/reference/xtoken_paper.md ("The authors' code") line by
 line: loops over chunks and tokens, float64, full real vocabularies (Llama-3 128,256 x Qwen3
-151,669, the real W), forward and gradient. ``xbench`` has its own naive references in
-tests/test_losses.py; ``trl`` is compared with TRL's own classes in tests/test_losses_gold_trl.py.
+151,669, the real W), forward and gradient. ``xbench`` (the default) gets the same treatment at
+the end of this file (its tiny-vocabulary references are in tests/test_losses.py); ``trl`` is
+compared with TRL's own classes in tests/test_losses_gold_trl.py.
 """
 
 from __future__ import annotations
@@ -82,9 +83,9 @@ def naive_pkl(d, zs, idx, w) -> torch.Tensor:
     ):
         q = torch.stack([F.softmax(zs[0, r] / T, -1) for r in s_rows]).mean(0)  # (V_S,)
         proj = q.new_zeros(zt.shape[-1]).index_add(0, idx.flatten(), (q[:, None] * w).flatten())
-        P = proj[cols] / proj[cols].sum()
+        P = proj[cols] / (proj[cols].sum() + 1e-10)  # their epsilon, added, not a floor
         Lc = torch.stack([F.log_softmax(zt[r, cols] / T, -1) for r in t_rows]).mean(0)
-        total = total + T**2 * (Lc.exp() * (Lc - P.clamp_min(1e-10).log())).sum()
+        total = total + T**2 * (Lc.exp() * (Lc - (P + 1e-10).log())).sum()
     return total
 
 
@@ -223,3 +224,128 @@ def test_every_method_preset_has_a_formula_or_is_refused() -> None:
     }
     with pytest.raises(ValueError, match=r"kd.chunk_method='chain' is decided by kd.semantics"):
         check_kd_options(bad)
+
+
+# ------------------------------------------- kd.semantics=xbench at the real vocabulary
+
+
+def meanprob(z: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """xbench's chunk distribution: the mean of the rows' softmax(z / T), renormalised."""
+    p = torch.stack([F.softmax(z[r] / T, -1) for r in rows]).mean(0)
+    return p / p.sum()
+
+
+def sorted_l1_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = torch.sort(a, descending=True).values, torch.sort(b, descending=True).values
+    m = min(a.numel(), b.numel())
+    return (a[:m] - b[:m]).abs().sum() + a[m:].sum() + b[m:].sum()
+
+
+def naive_xbench_hybrid(d, zs, cs, ct) -> torch.Tensor:
+    """w_c sum_j p_T[t_j] (log p_T[t_j] - log p_S[s_j]) + w_u ULD(uncommon), w_c = |pairs|/V_T,
+    chunk means of probabilities, no T^2."""
+    vs, vt = zs.shape[-1], d["zt"].shape[-1]
+    us = torch.tensor(sorted(set(range(vs)) - set(cs.tolist())))
+    ut = torch.tensor(sorted(set(range(vt)) - set(ct.tolist())))
+    w_c = cs.numel() / vt
+    total = zs.new_zeros(())
+    for s_rows, t_rows in zip(
+        chunk_rows(d["sc"], d["mask"]), chunk_rows(d["tc"], d["mask"]), strict=True
+    ):
+        P, Q = meanprob(zs[0], s_rows), meanprob(d["zt"][0].double(), t_rows)
+        kl = (Q[ct] * (Q[ct].log() - P[cs].log())).sum() if cs.numel() else 0.0
+        total = total + w_c * kl + (1 - w_c) * sorted_l1_padded(P[us], Q[ut])
+    return total
+
+
+def naive_xbench_pkl(d, zs, idx, w) -> torch.Tensor:
+    """T^2 KL(p_T|S || W^T p_S|S), both renormalised on S = the top-K teacher ids that some W row
+    reaches, ranked by the teacher's chunk mass summed over the micro-batch; log floor 1e-10."""
+    zt = d["zt"][0].double()
+    pairs = list(zip(chunk_rows(d["sc"], d["mask"]), chunk_rows(d["tc"], d["mask"]), strict=True))
+    reach = torch.unique(idx[w > 0])
+    mass = sum(meanprob(zt, t_rows) for _, t_rows in pairs)
+    cols = reach[mass[reach].topk(min(K, reach.numel())).indices]
+    total = zs.new_zeros(())
+    for s_rows, t_rows in pairs:
+        p = meanprob(zs[0], s_rows)
+        q = p.new_zeros(zt.shape[-1]).index_add(0, idx.flatten(), (p[:, None] * w).flatten())
+        pt = meanprob(zt, t_rows)[cols]
+        pt, qt = pt / pt.sum(), q[cols] / q[cols].sum()
+        total = total + T**2 * (pt * (pt.log() - qt.clamp_min(1e-10).log())).sum()
+    return total
+
+
+@pytest.fixture(scope="module")
+def trl_pairs_real(real):
+    from xbench.models import load_tokenizer
+    from xbench.tokenpair.projection import exact_common_pairs
+
+    return exact_common_pairs(load_tokenizer("llama3"), load_tokenizer("qwen3"), semantics="trl")
+
+
+@pytest.mark.parametrize("method", ["uld", "gold", "hkl", "pkl", "xtoken"])
+def test_xbench_cross_tokenizer_methods_match_naive(real, trl_pairs_real, method: str) -> None:
+    """kd.semantics=xbench (the default), forward and gradient, real vocabularies and W."""
+    d = real
+    from xbench.tokenpair.projection import Projection
+    from xbench.tokenpair.projection_pairs import relaxed_common_pairs
+
+    pairs = {
+        "gold": trl_pairs_real,
+        "hkl": relaxed_common_pairs(Projection(d["idx"], d["w"], {}), 0.6),
+        "uld": (torch.zeros(0, dtype=torch.long),) * 2,
+    }
+    kw = {"temperature": T, "chunk_size": 3, **loss_kwargs("xbench", method)}
+    if method in ("uld", "gold", "hkl"):
+        cs, ct = pairs[method]
+        extra = () if method == "uld" else (cs, ct)
+        ours = lambda zs: L.get(method)(*_args(d, zs), *extra, **kw)  # noqa: E731
+        ref = lambda zs: naive_xbench_hybrid(d, zs, cs, ct)  # noqa: E731
+    elif method == "pkl":
+        ours = lambda zs: L.get("pkl")(*_args(d, zs), d["idx"], d["w"], top_k=K, **kw)  # noqa: E731
+        ref = lambda zs: naive_xbench_pkl(d, zs, d["idx"], d["w"])  # noqa: E731
+    else:
+        cs, ct = pairs["hkl"]
+
+        def ours(zs):
+            return L.get("xtoken")(
+                *_args(d, zs), cs, ct, d["idx"], d["w"], alpha=0.3, top_k=K, **kw
+            )
+
+        def ref(zs):
+            return 0.3 * naive_xbench_hybrid(d, zs, cs, ct) + 0.7 * naive_xbench_pkl(
+                d, zs, d["idx"], d["w"]
+            )
+
+    _compare(ours, ref, d)
+
+
+def test_xbench_kd_matches_naive(real) -> None:
+    """Per position: the teacher's own top-K ids, log_softmax within them on both sides, forward
+    KL, T^2, summed over valid positions."""
+    g = torch.Generator().manual_seed(2)
+    vs = real["idx"].shape[0]
+    zs0 = torch.randn(2, 5, vs, generator=g) * 3
+    zt = torch.randn(2, 5, vs, generator=g) * 3
+    labels = torch.tensor([[1, 2, 3, 4, -100], [5, 6, -100, -100, -100]])
+
+    def ref(zs):
+        total = zs.new_zeros(())
+        for b in range(2):
+            for p in range(4):
+                if labels[b, p + 1] == -100:
+                    continue
+                cols = zt[b, p].topk(K).indices
+                ls = F.log_softmax(zs[b, p, cols] / T, -1)
+                lt = F.log_softmax(zt[b, p, cols].double() / T, -1)
+                total = total + T**2 * (lt.exp() * (lt - ls)).sum()
+        return total
+
+    _compare(
+        lambda zs: L.get("kd")(
+            zs, zt, labels, temperature=T, top_k=K, **loss_kwargs("xbench", "kd")
+        ),
+        ref,
+        {"zs": zs0},
+    )

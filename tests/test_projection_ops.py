@@ -117,8 +117,9 @@ def test_unreachable_columns_are_dropped_and_one_token_gradient_is_sparse() -> N
 
 
 def test_authors_keeps_unreachable_columns_floored() -> None:
-    """authors: S = the max-logit ids, unreachable ones included; their r = 0 is floored at 1e-10
-    (log = -23), with no gradient; the student's log-partition still cancels (r is scale-free)."""
+    """authors: S = the max-logit ids, unreachable ones included; their r = 0 enters as
+    log(0 + 1e-10) = -23 (the authors' added epsilon: r = q / (Q + eps), log(r + eps)), with no
+    gradient (no W entry lands there)."""
     zs, zt, sc, mask, idx, w0 = one_token_case()
     zt[..., 15] += 8.0  # an unreachable id with the largest logits: surely in S
     ref, new = run_both(zs, zt, sc, sc, mask, idx, w0, 12, 1.0, authors=True)
@@ -134,21 +135,22 @@ def test_authors_keeps_unreachable_columns_floored() -> None:
         1, idx.flatten(), (p_s[:, :, None] * w0).flatten(1)
     )
     q = q[:, cols]
-    r = (q / q.sum(-1, keepdim=True)).clamp_min(1e-10)
+    r = q / (q.sum(-1, keepdim=True) + 1e-10) + 1e-10
     want = (log_pt.exp() * (log_pt - r.log())).sum()
     torch.testing.assert_close(new[0]["loss"], want, rtol=1e-5, atol=1e-5)
     assert float((log_pt.exp()[:, cols.tolist().index(15)]).min()) > 0.5  # floor carries weight
 
 
-def test_floor_on_underflowed_reachable_column() -> None:
-    """A reachable column whose projected share is below 1e-10 is floored the same way on both
-    paths (value and the gradient it does not pass)."""
+@pytest.mark.parametrize("authors", [False, True])
+def test_floor_on_underflowed_reachable_column(authors: bool) -> None:
+    """A reachable column whose projected share is below 1e-10 is treated the same way on both
+    paths: floored with no gradient (xbench), or the authors' added epsilon, which passes one."""
     zs, zt, sc, mask, idx, w0 = one_token_case(V_S=12, V_T=10, reach=10)
     idx[0] = torch.tensor([9, 9])  # teacher id 9 only via student id 0 ...
     idx[1:][idx[1:] == 9] = 8
     zs[..., 0] -= 40.0  # ... whose probability is ~e^-40 = 4e-18
     zt[..., 9] += 3.0  # and the teacher wants it
-    ref, new = run_both(zs, zt, sc, sc, mask, idx, w0, 10, 1.0)
+    ref, new = run_both(zs, zt, sc, sc, mask, idx, w0, 10, 1.0, authors=authors)
     assert_equal(ref, new)
     assert new[0]["kl"] > 10  # the floored column dominates: pt_9 * (log pt_9 + 23)
 
@@ -290,3 +292,26 @@ def test_teacher_pass_equals_topk_columns_and_logsumexp(temperature: float) -> N
     assert torch.equal(cols, ref)
     torch.testing.assert_close(lse, torch.logsumexp(zt.reshape(-1, V_T) / temperature, -1))
     torch.testing.assert_close(mass.sum(), torch.tensor(float(t_idx.num_chunks)))
+
+
+def test_authors_epsilon_is_added_not_a_floor() -> None:
+    """kd.semantics=authors: log(q / (Q + 1e-10) + 1e-10), as in their code, not log max(r, 1e-10):
+    a reachable column whose share sits near 1e-10 tells the two apart (by up to p_T log 2)."""
+    zs, zt, sc, mask, idx, w0 = one_token_case(V_S=12, V_T=10, reach=10)
+    idx[0] = torch.tensor([9, 9])  # teacher id 9 only via student id 0 ...
+    idx[1:][idx[1:] == 9] = 8
+    zs[..., 0] -= 20.0  # ... whose share of the projected mass is then ~1e-10
+    zt[..., 9] += 3.0
+    _, new = run_both(zs, zt, sc, sc, mask, idx, w0, 10, 1.0, authors=True)
+    rows = zt[:, :-1].reshape(-1, 10)
+    pt = torch.softmax(rows, -1)  # S = all 10 columns
+    p_s = torch.softmax(zs[:, :-1].reshape(-1, 12), -1)
+    q = torch.zeros(p_s.shape[0], 10).index_add_(
+        1, idx.flatten(), (p_s[:, :, None] * w0).flatten(1)
+    )
+    r = q / (q.sum(-1, keepdim=True) + 1e-10)
+    assert 1e-11 < float(r[:, 9].median()) < 1e-9  # the regime where the two rules differ
+    added = (pt * (pt.log() - (r + 1e-10).log())).sum()
+    floored = (pt * (pt.log() - r.clamp_min(1e-10).log())).sum()
+    torch.testing.assert_close(new[0]["loss"], added, rtol=1e-5, atol=1e-5)
+    assert float(floored - added) > 1.0

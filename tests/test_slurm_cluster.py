@@ -167,6 +167,11 @@ def _sacct_states(job_id: str) -> list[str]:
     return out.split()
 
 
+# Slow-marked for the suite's 20-minute budget: the same real time limit -> USR2 -> requeue ->
+# resume path runs end to end, through the Hydra launcher and xbench's checkpoints, in
+# tests/test_sweep_slurm.py::test_slurm_time_limit_requeues_and_resumes_from_checkpoint. This one
+# checks submitit's part alone (sacct states, the caught signal) and stays runnable with -m slow.
+@pytest.mark.slow
 def test_checkpointable_job_is_requeued_at_timeout(
     slurm_cluster: SlurmCluster, tmp_path: Path
 ) -> None:

@@ -22,6 +22,8 @@ def test_plan_lists_every_row_of_the_paper_table(tmp_path: Path) -> None:
         fields = dict(f.split("=", 1) for f in line.split() if "=" in f and "{" not in f)
         got.add((fields["teachers"], fields["method"]))
         assert "cmd: python -m xbench.sweep" in line and '"gpus_per_node": 8' in line
+        # Issue 20: every cell with a teacher computes the authors' formulas; none has no KD term.
+        assert fields["semantics"] == ("-" if fields["teachers"] == "none" else "authors"), line
     with open(PAPER_TABLE) as fh:
         rows = list(csv.DictReader(fh))
     want = {(r["teacher"], r["method"]) for r in rows}
@@ -54,6 +56,8 @@ def test_mini_smoke_sweep_writes_run_dirs_and_leaderboard_then_skips(tmp_path: P
         assert 0.0 <= task["value"] <= 100.0
     board = (sweep / "report" / "leaderboard.md").read_text()
     assert "| none | ce |" in board and "| tiny-C | kd |" in board
+    # Issue 20: the leaderboard of a mini sweep names the loss formulas' preset of every row.
+    assert "| teachers | method | semantics |" in board and "| tiny-C | kd | xbench |" in board
     assert (sweep / "report" / "leaderboard.csv").exists()
     launched = len(list((sweep / ".submitit").iterdir()))
     # Rerun: both cells are done for the same config hash, so nothing is launched again.

@@ -203,10 +203,12 @@ def _print_plan(cfg: DictConfig, resolved: DictConfig, cell: dict[str, Any]) -> 
     overrides = [o for o in hc.overrides.task if not o.startswith("plan=")]
     cmd = "python -m xbench.sweep " + " ".join(shlex.quote(o) for o in overrides)
     res = OmegaConf.to_container(resolved.resources, resolve=True)
+    # A cell without a teacher computes no KD formula, so no preset applies ("-", as in reports).
+    semantics = cell.get("semantics") or "-"
     print(
         f"CELL {cfg.experiment} cell={cell['name']} seed={cell['seed']} "
         f"student={cell['student']} teachers={cell['teachers']} method={cell['method']} "
-        f"alpha={cell['alpha']} rank={cell['rank']} semantics={cell.get('semantics')} "
+        f"alpha={cell['alpha']} rank={cell['rank']} semantics={semantics} "
         f"resources={json.dumps(res, sort_keys=True)} "
         f"cmd: {cmd}",
         flush=True,

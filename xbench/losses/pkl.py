@@ -117,7 +117,8 @@ def project(
 # Floor of the renormalised projected mass q|_S inside the log. Columns that no W row reaches are
 # removed from S before (see :func:`reachable_columns`), so the floor only meets reachable columns
 # whose projected mass underflowed; at 1e-10 (log = -23) one such column adds at most
-# p_T * 23 instead of float32 tiny's p_T * 87.
+# p_T * 23 instead of float32 tiny's p_T * 87. The authors' code adds it instead (``authors``):
+# log(q / (Q + eps) + eps), eps = 1e-10, which differs from the floor only where r < 2e-10.
 Q_FLOOR = 1.0e-10
 
 
@@ -147,6 +148,7 @@ def projected_kl_terms(
     unreach: Tensor | None = None,
     teacher_restricted: bool = False,
     v_t: int | None = None,
+    additive_floor: bool = False,
 ) -> dict[str, Tensor]:
     """Per-slice sums of P-KL from chunk log-probabilities.
 
@@ -158,7 +160,8 @@ def projected_kl_terms(
     :func:`xbench.losses.kd.divergence_terms` on (pt, qt) (beta = 1: reverse KL(qt || pt)).
     ``teacher_restricted``: ``lq_t`` is already (n, |columns|) and is used as log pt as it is
     (the authors' teacher side: per-token log-softmax within the columns, averaged over the
-    chunk's tokens, not renormalised); ``v_t`` then gives the teacher width.
+    chunk's tokens, not renormalised); ``v_t`` then gives the teacher width. ``additive_floor`` (the
+    authors'): log qt = log(q / (sum q + Q_FLOOR) + Q_FLOOR) instead of log max(qt, Q_FLOOR).
 
     Returns:
         {"loss", "kl", "top1_agree", "proj_mass_in_topk", "teacher_mass_in_topk",
@@ -185,7 +188,10 @@ def projected_kl_terms(
     log_pt = lt if teacher_restricted else lt - torch.logsumexp(lt, dim=-1, keepdim=True)
     q_mass = q.sum(-1, keepdim=True)  # (n, 1)
     tiny = torch.finfo(q.dtype).tiny
-    log_qt = (q / q_mass.clamp_min(tiny)).clamp_min(Q_FLOOR).log()
+    if additive_floor:
+        log_qt = (q / (q_mass + Q_FLOOR) + Q_FLOOR).log()
+    else:
+        log_qt = (q / q_mass.clamp_min(tiny)).clamp_min(Q_FLOOR).log()
     if beta == 0.0:
         kl = (log_pt.exp() * (log_pt - log_qt)).sum() * temperature**2
     else:
@@ -319,7 +325,8 @@ def pkl_loss(
     highest max-logit anywhere in the micro-batch (padding included, unreachable ids kept); the
     student side is as above (chunk mean of probabilities, projected, renormalised within S); the
     teacher side is log_softmax(z_T / T) within S per token, averaged over the chunk's tokens as
-    log-probabilities and not renormalised; chunk_method and top_k_scope are then unused.
+    log-probabilities and not renormalised; chunk_method and top_k_scope are then unused; the
+    projected side is renormalised and logged as log(q / (Q + 1e-10) + 1e-10), their epsilon.
 
     Args:
         student_logits: (B, Ts, V_S); teacher_logits: (B, Tt, V_T) (V_T = head width, W's V_T).
@@ -362,7 +369,11 @@ def pkl_loss(
     if kernel:
         v_t = teacher_logits.shape[-1]
         sel: dict[str, Any] = (
-            {"columns": max_logit_columns(teacher_logits, top_k), "teacher_log_means": True}
+            {
+                "columns": max_logit_columns(teacher_logits, top_k),
+                "teacher_log_means": True,
+                "additive_floor": True,
+            }
             if authors
             else {"reach": reachable_columns(idx, w_weights, v_t)}
         )
@@ -445,7 +456,7 @@ def _pkl_authors(
     def term(lq_s: Tensor, lq_t: Tensor, w: Tensor) -> dict[str, Tensor]:
         return projected_kl_terms(
             lq_s, lq_t, idx, w, columns, top_k, temperature, beta,
-            teacher_restricted=True, v_t=v_t,
+            teacher_restricted=True, v_t=v_t, additive_floor=True,
         )  # fmt: skip
 
     sums, n = cross_tokenizer_sums(

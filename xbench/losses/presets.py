@@ -6,7 +6,9 @@
 * ``authors``: the formulas of the authors' NeMo RL code, which produced the paper's Table 1
   (``shared/reference/xtoken_paper.md``, "The authors' code"). Use it to reproduce the paper.
 * ``trl``: TRL 1.16's GOLDTrainer losses (``ULDLoss`` with the "bayesian" merge, hybrid with
-  adaptive weights) for ``gold`` and ``uld`` only; TRL has no P-KL, H-KL or X-Token.
+  adaptive weights) for ``gold`` and ``uld`` only; TRL has no P-KL, H-KL or X-Token. TRL's
+  default "observed" merge is not offered: it scores token p with the logits at p, which predict
+  p + 1 (reading chunk logits one position late); "bayesian" is TRL's own fix for that.
 
 :data:`FORMULAS` holds one line per method and preset (README table, run metadata).
 :func:`loss_kwargs` turns a preset into the keyword arguments of the loss functions; the losses

@@ -206,6 +206,7 @@ def projected_kl_sums(
     reach: Tensor | None = None,
     teacher_log_means: bool = False,
     q_floor: float = 1.0e-10,
+    additive_floor: bool = False,
     temperature: float = 1.0,
     chunk_size: int | None = 256,
 ) -> tuple[dict[str, Tensor], int]:
@@ -223,6 +224,9 @@ def projected_kl_sums(
         teacher_log_means: the authors' teacher side (needs ``columns``): log pt = the chunk mean
             of the per-token log_softmax within S, not renormalised; no full-width teacher pass.
         q_floor: floor of the renormalised projected mass r inside the log (``pkl.Q_FLOOR``).
+        additive_floor: the authors' epsilon instead: r = q / (Q + eps), log(r + eps), eps =
+            ``q_floor``; gradient g_q[c, j] = T^2 (sum_l h_l r_l - h_j) / (Q + eps),
+            h_j = pt_j / (r_j + eps) (every column passes gradient).
         temperature: T (the loss carries T^2).
         chunk_size: max predicting rows per side in one slice; on CPU the kernel also caps a
             slice at about 4M student logits, so its (rows, V_S) float32 block stays ~16 MiB.
@@ -309,17 +313,27 @@ def projected_kl_sums(
             pt = log_pt.exp()
             q_mass = q.sum(-1, keepdim=True)  # (m, 1)
             ok_mass = q_mass >= tiny
-            r = q / q_mass.clamp_min(tiny)
-            ok_q = r >= q_floor  # where the floor is not active (it passes no gradient)
-            kl = (pt * (log_pt - r.clamp_min(q_floor).log())).sum() * t2
+            if additive_floor:  # the authors': log(q / (Q + eps) + eps)
+                denom = q_mass + q_floor
+                r = q / denom
+                kl = (pt * (log_pt - (r + q_floor).log())).sum() * t2
+            else:
+                r = q / q_mass.clamp_min(tiny)
+                ok_q = r >= q_floor  # where the floor is not active (it passes no gradient)
+                kl = (pt * (log_pt - r.clamp_min(q_floor).log())).sum() * t2
             acc += torch.stack([kl, kl, q_mass.sum(), lse_t.exp().sum(),
                                 (q.argmax(-1) == lt.argmax(-1)).sum().float()])  # fmt: skip
             if not (want_s or want_w):
                 continue
-            pt_ok = (pt * ok_q).sum(-1, keepdim=True)  # (m, 1)
-            g_q = t2 * (
-                torch.where(ok_mass, pt_ok / q_mass, 0.0) - torch.where(ok_q, pt / q, 0.0)
-            )  # fmt: skip  (m, k)
+            if additive_floor:
+                h = pt / (r + q_floor)  # (m, k)
+                hr = (h * r).sum(-1, keepdim=True)  # (m, 1)
+                g_q = t2 * (hr - h) / denom
+            else:
+                pt_ok = (pt * ok_q).sum(-1, keepdim=True)  # (m, 1)
+                g_q = t2 * (
+                    torch.where(ok_mass, pt_ok / q_mass, 0.0) - torch.where(ok_q, pt / q, 0.0)
+                )  # fmt: skip  (m, k)
             gq_e = g_q.t().contiguous()[cp.slot]  # (E, m)
             if g_we is not None:
                 g_we += (pu_t[cp.entry_u] * gq_e).sum(1)
@@ -327,7 +341,9 @@ def projected_kl_sums(
                 continue
             g_pu = p_u.new_zeros(cp.u_ids.numel(), m).index_add_(0, cp.entry_u, gq_e * w_e[:, None])
             g_e = _chunk_grad(g_pu.t(), s_idx, start, end) * e  # (P, U) = g_e * e_k
-            if hi - lo == m:  # one token per chunk: G = sum_j q_j g_q[j], 0 unless Q < tiny
+            if hi - lo == m and additive_floor:  # G = sum_j q_j g_q[j] = -T^2 eps hr / (Q + eps)
+                big = -t2 * q_floor * hr / denom
+            elif hi - lo == m:  # one token per chunk: G = sum_j q_j g_q[j], 0 unless Q < tiny
                 big = t2 * (torch.where(ok_mass, pt_ok, 0.0) - pt_ok)
             else:
                 big = g_e.sum(-1, keepdim=True)  # (P, 1)
