@@ -254,7 +254,8 @@ def gold_loss(
         truncate, t2: the authors' conventions (``kd.semantics=authors``): ULD over the top
             ``truncate`` ranks without padding, both terms times T^2.
         fast: the closed-form kernel (``hybrid_ops.hybrid_sums``, same value and gradients)
-            where it applies (beta 0, teacher without gradient); False: the generic path.
+            where it applies (beta 0, teacher without gradient; it always differentiates slice
+            by slice, whatever ``use_checkpoint``); False: the generic path.
 
     Returns:
         LossOutput(total = sum over valid chunks, count = valid chunks, components = sums of

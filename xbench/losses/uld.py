@@ -133,7 +133,8 @@ def uld_loss(
             autograd, differentiate slice by slice during the forward (False: one graph).
         truncate: compare the top ranks only (:func:`sorted_l1`); t2: multiply by T^2.
         fast: the closed-form kernel (``hybrid_ops.hybrid_sums`` with no pairs, same value and
-            gradients) unless the teacher logits require grad; False: the generic path.
+            gradients) unless the teacher logits require grad (it always differentiates slice
+            by slice, whatever ``use_checkpoint``); False: the generic path.
 
     Returns:
         LossOutput(total = sum over valid chunks, count = valid chunks, components={"l1": total}).
