@@ -27,12 +27,15 @@ What is built per slice: each side's predicting rows as log-softmax in one reuse
 (rows, V) (the student's later turns, in place, into its rows' gradient); for chunks spanning
 several tokens on a side, that side's (chunks, V) chunk block; the two uncommon sub-vectors that
 ULD sorts (only the student's needs its permutation, for the gradient); and column blocks of
-about 1M elements for the pairs. No permuted copy of a whole row, no autograd graph. The one
-full-size tensor is the student-logit gradient itself.
+about 1M elements for the pairs. On CPU a slice holds at most ~4M logits per side (27 rows at
+V = 151,669), so each block is ~16 MiB. No permuted copy of a whole row, no autograd graph. The
+one full-size tensor is the student-logit gradient itself.
 
-Differences from the generic path, all below float32 rounding: sums are taken in another order;
-under ``mean`` the gradient through ``clamp_min(tiny)`` of an underflowed chunk probability
-(< 1.2e-38) is not masked.
+Differences from the generic path, all at float32 rounding: sums are taken in another order (and
+``mean`` chunks sum exp(log_softmax) rather than softmax rows), so a ULD rank whose two sorted
+values tie up to rounding may take the other sub-gradient sign (11 of 8.2M gradient entries at
+Llama-3 x Qwen3, 2 x 32 positions); under ``mean`` the gradient through ``clamp_min(tiny)`` of an
+underflowed chunk probability (< 1.2e-38) is not masked.
 """
 
 from __future__ import annotations
