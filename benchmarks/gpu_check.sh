@@ -8,7 +8,7 @@
 #                                       tokenizers and their W -> .gpu/cache (~60 MB; .gpu is
 #                                       ignored by git: carry it with the checkout)
 #   benchmarks/gpu_check.sh             on the GPU node: installs the wheels into $OUT/site, then
-#                                       1. benchmarks/losses.py on the GPU (kd, gold, pkl, hkl);
+#                                       1. benchmarks/losses.py on the GPU (kd, gold, pkl, hkl, uld);
 #                                       2. benchmarks/paper_cells.py: tokens/s and peak memory of
 #                                          paper-shape ce, pkl, gold and three-teacher cells
 #   benchmarks/gpu_check.sh --dry-run   the same steps on the CPU at tiny widths (checks the script)
@@ -68,6 +68,6 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 echo "== losses (GPU; warm-up at the timed shape excluded)"
-timeout 180 $PY benchmarks/losses.py --device cuda --methods kd,gold,pkl,hkl 2>&1 | tee "$OUT/losses.txt"
+timeout 180 $PY benchmarks/losses.py --device cuda --methods kd,gold,pkl,hkl,uld 2>&1 | tee "$OUT/losses.txt"
 echo "== paper-shape cells (seq 2048, bf16 autocast, bf16 teachers)"
 timeout 420 $PY benchmarks/paper_cells.py --out "$OUT/paper_cells" 2>&1 | tee "$OUT/paper_cells.txt"

@@ -24,14 +24,17 @@ TRL's hybrid loss (``ULDLoss`` with its own vocabulary mapping over the same 109
 over all B sequences as its trainer does (per-sequence loss, averaged, one backward);
 ``--trl-seqs N`` times only the first N and scales by B / N (its cost is linear in B).
 xbench's gold uses the same pairs, beta = 0, adaptive weights and "chain" chunks (= TRL's
-"bayesian" merge, parity-tested); hkl uses "mean" chunks.
+"bayesian" merge, parity-tested); hkl and uld use "mean" chunks. ``gold_generic``,
+``hkl_generic`` and ``uld_generic`` run the same losses with ``fast=False``: the generic path
+(autograd over ``cross_tokenizer_sums``), i.e. these losses as they were before the closed-form
+kernel of ``xbench.losses.hybrid_ops``, measured in the same run.
 
 ``--real-w`` replaces the random structure by the real one from the cache: the Llama-3 x Qwen3 W
 (128,256 rows, K = 4, 109,716 one-hot rows), GOLD's exact pairs (TRL semantics) and H-KL's
 relaxed pairs; the logits and chunks stay random.
 
-Usage: ``python benchmarks/losses.py [--methods kd,gold,pkl,hkl,trl] [--positions-per-seq 256]
-[--real-w]``.
+Usage: ``python benchmarks/losses.py [--methods kd,gold,pkl,hkl,uld,trl,...]
+[--positions-per-seq 256] [--real-w]``.
 Ends with one ``RESULT ...`` line.
 """
 
@@ -129,6 +132,8 @@ def run_method(
 
     import xbench.losses as L
 
+    method, generic = method.removesuffix("_generic"), method.endswith("_generic")
+    fast = {"fast": not generic}
     d = make_inputs(T, b, real=real)
     g = torch.Generator().manual_seed(1)
     vt = V_S if method == "kd" else V_T
@@ -151,9 +156,11 @@ def run_method(
         out = L.get("kd")(zs, zt, d["sid"], chunk_size=256)
     elif method == "gold":  # TRL's "bayesian" merge is xbench's "chain" (parity-tested)
         out = L.get("gold")(*common, d["cs"], d["ct"], chunk_size=256, chunk_method="chain",
-                            student_ids=d["sid"], teacher_ids=d["tid"])  # fmt: skip
+                            student_ids=d["sid"], teacher_ids=d["tid"], **fast)  # fmt: skip
     elif method == "hkl":
-        out = L.get("hkl")(*common, d["hs"], d["ht"], chunk_size=256)
+        out = L.get("hkl")(*common, d["hs"], d["ht"], chunk_size=256, **fast)
+    elif method == "uld":
+        out = L.get("uld")(*common, chunk_size=256, **fast)
     elif method == "pkl":
         out = L.get("pkl")(*common, d["w_idx"], d["w"], top_k=TOP_K, chunk_size=256)
     elif method == "trl":
@@ -238,7 +245,11 @@ def child(method: str, T: int, trl_seqs: int, device: str = "cpu", real: bool = 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", default="kd,gold,pkl,hkl,trl")
+    ap.add_argument(
+        "--methods",
+        default="kd,gold,gold_generic,pkl,hkl,hkl_generic,uld,uld_generic,trl",
+        help="comma-separated; NAME_generic = gold/hkl/uld with fast=False (the generic path)",
+    )
     ap.add_argument("--positions-per-seq", type=int, default=256)
     ap.add_argument("--trl-seqs", type=int, default=B, help="TRL: time N of the B sequences")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 logits; no TRL)")
@@ -269,7 +280,7 @@ def main() -> None:
         elif m == "trl":
             r["note"] = f"all {B} sequences"
         res[m] = r
-        print(f"{m:5s} fwd+bwd {r['seconds']:8.3f} s   peak {r['peak_mib']:8.1f} MiB"
+        print(f"{m:12s} fwd+bwd {r['seconds']:8.3f} s   peak {r['peak_mib']:8.1f} MiB"
               f"  {r.get('note', '')}", flush=True)  # fmt: skip
     print(
         f"device={a.device}, threads=1, B={B}, T={a.positions_per_seq}, V_S={V_S}, "
@@ -285,7 +296,13 @@ def main() -> None:
         f"pkl_mem_ratio={ratio('pkl', 'kd', 'peak_mib')} "
         f"gold_time_ratio={ratio('gold', 'kd', 'seconds')} "
         f"hkl_time_ratio={ratio('hkl', 'kd', 'seconds')} "
-        f"gold_vs_trl_speedup={ratio('trl', 'gold', 'seconds')}"
+        f"uld_time_ratio={ratio('uld', 'kd', 'seconds')} "
+        f"gold_vs_trl_speedup={ratio('trl', 'gold', 'seconds')} "
+        + " ".join(
+            f"{m}_vs_generic_time={ratio(m, m + '_generic', 'seconds')} "
+            f"{m}_vs_generic_mem={ratio(m, m + '_generic', 'peak_mib')}"
+            for m in ("gold", "hkl", "uld")
+        )
     )
 
 

@@ -254,13 +254,10 @@ def test_no_grad_and_empty_batch() -> None:
 
 @pytest.mark.real_assets
 @pytest.mark.parametrize("preset", PRESETS)
-def test_real_vocabularies_llama3_qwen3(preset: str) -> None:
+def test_real_vocabularies_llama3_qwen3(preset: str, llama3_qwen3) -> None:
     """Real Llama-3 x Qwen3 W (128,256 x 151,669, K = 4), top-8192 columns: equal values and
     gradients (logits and W) in float32; for xbench the kernel is faster than the generic path."""
-    from xbench.assets import load_tokenizer
-    from xbench.tokenpair.projection import load_or_build
-
-    proj = load_or_build(load_tokenizer("llama3"), load_tokenizer("qwen3"))
+    proj = llama3_qwen3[2]
     V_S, V_T = proj.indices.shape[0], int(proj.meta["V_T"])
     B, T = 2, 32
     sc, tc, mask, _ = random_alignment(B, T, T, seed=7, max_span=2)

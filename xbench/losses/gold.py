@@ -28,6 +28,7 @@ from torch import Tensor
 
 from xbench.losses.base import LossOutput, register
 from xbench.losses.chunks import ChunkMethod, cross_tokenizer_sums
+from xbench.losses.hybrid_ops import hybrid_sums
 from xbench.losses.kd import divergence_terms
 from xbench.losses.uld import sorted_l1
 
@@ -156,11 +157,13 @@ def hybrid_loss(
     use_checkpoint: bool = True,
     truncate: int | None = None,
     t2: bool = False,
+    fast: bool = True,
 ) -> LossOutput:
     """Shared body of ``gold`` and ``hkl`` (they differ only in how the pairs were built).
 
     ``truncate`` and ``t2`` select the authors' conventions (ULD over the top ranks only, both
-    terms times T^2); see :mod:`xbench.losses.presets`."""
+    terms times T^2); see :mod:`xbench.losses.presets`. ``fast``: the closed-form kernel
+    (:func:`xbench.losses.hybrid_ops.hybrid_sums`) where it applies, see :func:`uses_kernel`."""
     if common_student.shape != common_teacher.shape:
         raise ValueError("common_student and common_teacher must pair 1-to-1 (same length)")
     V_S, V_T = student_logits.shape[-1], teacher_logits.shape[-1]
@@ -172,11 +175,32 @@ def hybrid_loss(
         return hybrid_terms(lq_s, lq_t, cs, ct, us, ut, beta, w_c, w_u, truncate, factor)
 
     factor = temperature**2 if t2 else 1.0
+    if uses_kernel(fast, beta, teacher_logits):
+        sums, n = hybrid_sums(
+            student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, cs, ct,
+            us, ut, w_common=w_c, w_uncommon=w_u, truncate=truncate, factor=factor,
+            chunk_method=chunk_method, temperature=temperature, student_ids=student_ids,
+            teacher_ids=teacher_ids, chunk_size=chunk_size,
+        )  # fmt: skip
+        return _hybrid_output(sums, n, student_logits, w_c)
     sums, n = cross_tokenizer_sums(
         student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, term,
         chunk_method=chunk_method, temperature=temperature, student_ids=student_ids,
         teacher_ids=teacher_ids, chunk_size=chunk_size, use_checkpoint=use_checkpoint,
     )  # fmt: skip
+    return _hybrid_output(sums, n, student_logits, w_c)
+
+
+def uses_kernel(fast: bool, beta: float, teacher_logits: Tensor) -> bool:
+    """Whether gold/hkl/uld take the closed-form kernel: the forward KL on the pairs (beta = 0,
+    every preset's default; uld has no pairs) and a teacher without gradient, under every chunk
+    method. Reverse KL, JSD and a differentiated teacher keep the generic path."""
+    return fast and beta == 0.0 and not (teacher_logits.requires_grad and torch.is_grad_enabled())
+
+
+def _hybrid_output(
+    sums: dict[str, Tensor], n: int, student_logits: Tensor, w_c: float
+) -> LossOutput:
     count = torch.tensor(n, device=student_logits.device)
     if not sums:
         zero = student_logits.sum() * 0.0
@@ -206,6 +230,7 @@ def gold_loss(
     use_checkpoint: bool = True,
     truncate: int | None = None,
     t2: bool = False,
+    fast: bool = True,
 ) -> LossOutput:
     """GOLD hybrid loss, summed over valid chunks c:
 
@@ -228,6 +253,9 @@ def gold_loss(
             autograd, differentiate slice by slice during the forward (False: one graph).
         truncate, t2: the authors' conventions (``kd.semantics=authors``): ULD over the top
             ``truncate`` ranks without padding, both terms times T^2.
+        fast: the closed-form kernel (``hybrid_ops.hybrid_sums``, same value and gradients)
+            where it applies (beta 0, teacher without gradient; it always differentiates slice
+            by slice, whatever ``use_checkpoint``); False: the generic path.
 
     Returns:
         LossOutput(total = sum over valid chunks, count = valid chunks, components = sums of
@@ -240,4 +268,5 @@ def gold_loss(
         common_student, common_teacher, beta=beta, weights=weights, temperature=temperature,
         chunk_method=chunk_method, student_ids=student_ids, teacher_ids=teacher_ids,
         chunk_size=chunk_size, use_checkpoint=use_checkpoint, truncate=truncate, t2=t2,
+        fast=fast,
     )  # fmt: skip

@@ -31,6 +31,7 @@ def hkl_loss(
     use_checkpoint: bool = True,
     truncate: int | None = None,
     t2: bool = False,
+    fast: bool = True,
 ) -> LossOutput:
     """H-KL, summed over valid chunks c -- the GOLD hybrid of :func:`xbench.losses.gold.gold_loss`
 
@@ -43,11 +44,12 @@ def hkl_loss(
     "KL on the common pairs"); full-softmax sub-vectors, no T^2 (same conventions as gold).
 
     Args and Returns: as :func:`xbench.losses.gold.gold_loss` (``truncate``, ``t2``: the authors'
-    conventions).
+    conventions; ``fast``: the closed-form kernel where it applies).
     """
     return hybrid_loss(
         student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask,
         common_student, common_teacher, beta=beta, weights=weights, temperature=temperature,
         chunk_method=chunk_method, student_ids=student_ids, teacher_ids=teacher_ids,
         chunk_size=chunk_size, use_checkpoint=use_checkpoint, truncate=truncate, t2=t2,
+        fast=fast,
     )  # fmt: skip

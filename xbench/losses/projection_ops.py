@@ -56,7 +56,13 @@ from xbench.losses.chunks import (
     with_precomputed_grads,
 )
 
-__all__ = ["ColumnProjection", "projected_kl_sums", "restrict_columns", "teacher_lse_and_topk"]
+__all__ = [
+    "ColumnProjection",
+    "projected_kl_sums",
+    "restrict_columns",
+    "row_grad_buffer",
+    "teacher_lse_and_topk",
+]
 
 # Dense passes run over blocks of about this many elements (4 MiB of float32): temporaries this
 # small are reused by the allocator instead of page-faulted in afresh for every slice, which on a
@@ -106,6 +112,16 @@ def restrict_columns(
     s_ids, k_ids = torch.nonzero((slot >= 0) & (w_weights.detach() != 0), as_tuple=True)
     u_ids, entry_u = torch.unique_consecutive(s_ids, return_inverse=True)  # row-major: sorted
     return ColumnProjection(s_ids, k_ids, slot[s_ids, k_ids], u_ids, entry_u)
+
+
+def row_grad_buffer(flat: Tensor, index: ChunkIndex) -> Tensor:
+    """An uninitialised (N, V) gradient for ``flat`` whose rows no chunk reads are 0: the kernels
+    write every read row exactly once (a position predicts one token), so nothing else is
+    zero-filled."""
+    g = torch.empty_like(flat)
+    unread = torch.ones(flat.shape[0], dtype=torch.bool, device=flat.device)
+    unread[index.pred_row] = False
+    return g.index_fill_(0, torch.nonzero(unread).squeeze(1), 0)
 
 
 def teacher_lse_and_topk(
@@ -254,11 +270,7 @@ def projected_kl_sums(
                 unreach_mass = mass.sum() - mass[reach].sum()
         cp = restrict_columns(w_indices, w_weights, cols, v_t)
         w_e = w_weights.detach()[cp.s_ids, cp.k_ids].float()  # (E,)
-        g_s = torch.empty_like(s_flat) if want_s else None
-        if g_s is not None:  # rows no chunk reads get 0; every other row is written once below
-            unread = torch.ones(s_flat.shape[0], dtype=torch.bool, device=device)
-            unread[s_idx.pred_row] = False
-            g_s.index_fill_(0, torch.nonzero(unread).squeeze(1), 0)
+        g_s = row_grad_buffer(s_flat, s_idx) if want_s else None
         g_we = torch.zeros_like(w_e) if want_w else None
         slices = token_slices(s_idx, t_idx, max_rows)  # a long chunk may exceed max_rows
         most = max(int(s_idx.offsets[e] - s_idx.offsets[b]) for b, e in slices)
