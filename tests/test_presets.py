@@ -22,14 +22,8 @@ K = 8192
 
 
 @pytest.fixture(scope="module")
-def real():
-    try:
-        from xbench.models import load_tokenizer
-        from xbench.tokenpair import projection
-
-        w = projection.load_or_build(load_tokenizer("llama3"), load_tokenizer("qwen3"))
-    except Exception as e:  # any missing asset skips, saying which
-        pytest.skip(f"real tokenizers / W not in the cache ({type(e).__name__}: {e})")
+def real(llama3_qwen3):
+    _, _, w = llama3_qwen3  # the session's one load of the real tokenizers and W (conftest)
     idx, wts = w.indices.long(), w.weights.float()
     g = torch.Generator().manual_seed(0)
     vs, vt = idx.shape[0], int(w.meta.get("V_T", 0)) or int(idx.max()) + 1
@@ -277,11 +271,11 @@ def naive_xbench_pkl(d, zs, idx, w) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def trl_pairs_real(real):
-    from xbench.models import load_tokenizer
+def trl_pairs_real(llama3_qwen3):
     from xbench.tokenpair.projection import exact_common_pairs
 
-    return exact_common_pairs(load_tokenizer("llama3"), load_tokenizer("qwen3"), semantics="trl")
+    s_tok, t_tok, _ = llama3_qwen3
+    return exact_common_pairs(s_tok, t_tok, semantics="trl")
 
 
 @pytest.mark.parametrize("method", ["uld", "gold", "hkl", "pkl", "xtoken"])

@@ -53,7 +53,7 @@ from xbench.losses.chunks import (
     token_slices,
     with_precomputed_grads,
 )
-from xbench.losses.projection_ops import _block_elems, row_grad_buffer
+from xbench.losses.projection_ops import block_elems, row_grad_buffer
 from xbench.losses.uld import sorted_l1_and_sign
 
 __all__ = ["HYBRID_KEYS", "hybrid_sums"]
@@ -90,7 +90,7 @@ def _chunk_log_probs(
     rows = index.chunk_row[lo : lo + y.shape[0]] - start  # (P,)
     if method == "mean":
         c = y.new_zeros(n, y.shape[1])
-        step = max(1, _block_elems(y.device) // y.shape[1])
+        step = max(1, block_elems(y.device) // y.shape[1])
         for i in range(0, y.shape[0], step):
             c.index_add_(0, rows[i : i + step], y[i : i + step].exp())
         log_norm = c.sum(-1, keepdim=True).log()  # (n, 1)
@@ -124,7 +124,7 @@ class _Pairs:
 
 def _column_blocks(n_rows: int, m: int, device: torch.device) -> range:
     """Starts of the pair blocks: (n_rows, block) temporaries of about one dense block."""
-    return range(0, m, max(1, _block_elems(device) // max(1, n_rows)))
+    return range(0, m, max(1, block_elems(device) // max(1, n_rows)))
 
 
 def hybrid_sums(
@@ -178,7 +178,7 @@ def hybrid_sums(
     s_flat = student_logits.detach().reshape(-1, v_s)  # (B*Ts, V_S)
     t_flat = teacher_logits.detach().reshape(-1, v_t)  # (B*Tt, V_T)
     want = torch.is_grad_enabled() and student_logits.requires_grad
-    rows_cap = max(1, 4 * _block_elems(device) // max(v_s, v_t))
+    rows_cap = max(1, 4 * block_elems(device) // max(v_s, v_t))
     max_rows = rows_cap if not chunk_size or chunk_size <= 0 else min(chunk_size, rows_cap)
     cs, ct, us, ut = common_s.long(), common_t.long(), uncommon_s.long(), uncommon_t.long()
     wc, wu = w_common * factor, w_uncommon * factor
@@ -264,7 +264,7 @@ def _student_grad(
         return
     lo = int(index.offsets[start])
     rows = index.chunk_row[lo : lo + ys.shape[0]] - start  # (P,)
-    step = max(1, _block_elems(ys.device) // ys.shape[1])
+    step = max(1, block_elems(ys.device) // ys.shape[1])
     if method == "mean":  # h = (g / q - G) / sum S into the chunk block, q = exp(lq_S)
         assert log_norm is not None
         for s_cols, pt in pairs:

@@ -58,6 +58,7 @@ from xbench.losses.chunks import (
 
 __all__ = [
     "ColumnProjection",
+    "block_elems",
     "projected_kl_sums",
     "restrict_columns",
     "row_grad_buffer",
@@ -73,7 +74,8 @@ __all__ = [
 _BLOCK_ELEMS = 1 << 20
 
 
-def _block_elems(device: torch.device) -> int:
+def block_elems(device: torch.device) -> int:
+    """Elements of one working block on ``device`` (both kernels size their slices by it)."""
     return _BLOCK_ELEMS if device.type == "cpu" else 64 * _BLOCK_ELEMS
 
 
@@ -157,7 +159,7 @@ def teacher_lse_and_topk(
     row_w[t_idx.pred_row] = 1.0 / counts[t_idx.chunk_row]
     mass = torch.zeros(v_t, dtype=torch.float32, device=t_flat.device)
     lse = torch.empty(n_rows, dtype=torch.float32, device=t_flat.device)
-    step = max(1, _block_elems(t_flat.device) // max(1, v_t))
+    step = max(1, block_elems(t_flat.device) // max(1, v_t))
     for i in range(0, n_rows, step):
         y = t_flat[i : i + step].float()  # (b, V_T); a view when float32
         y = y / temperature if temperature != 1.0 else y
@@ -252,7 +254,7 @@ def projected_kl_sums(
     want_w = grad_on and w_weights.requires_grad
     t2 = temperature**2
     tiny = torch.finfo(torch.float32).tiny
-    rows_cap = max(1, 4 * _block_elems(device) // v_s)
+    rows_cap = max(1, 4 * block_elems(device) // v_s)
     max_rows = rows_cap if not chunk_size or chunk_size <= 0 else min(chunk_size, rows_cap)
 
     def compute() -> tuple[tuple[Tensor, ...], int, list[Tensor | None]]:
