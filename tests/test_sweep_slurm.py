@@ -74,10 +74,14 @@ def test_slurm_time_limit_requeues_and_resumes_from_checkpoint(
     assert meta["status"] == "done", meta.get("error")
     assert meta["attempts"] >= 2
     assert int(meta["slurm"]["slurm_restart_count"]) >= 1
-    assert 0 < meta["train"]["resumed_from"] < 30  # the last attempt started from a checkpoint
+    # The last attempt started from a checkpoint. On a loaded machine an attempt that resumed
+    # mid-run can itself reach its 1-minute limit after step 30, during evaluation; the next one
+    # then resumes from step 30 and only evaluates (seen once: resumed_from == 30 on attempt 3).
+    assert 0 < meta["train"]["resumed_from"] <= 30
     run = next((tmp_path / "out" / "mini_smoke").glob("cell=ce*"))
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(set(steps)) and steps[-1] == 30  # resumed, never restarted
+    # Every step logged once, in order, up to 30: the attempts resumed, none restarted from 0.
+    assert steps == list(range(1, 31)), steps
 
 
 def test_slurm_two_task_cell_trains_on_two_gloo_ranks(
