@@ -58,7 +58,7 @@ DEFAULT_WORLD: dict[str, Any] = {
         "num_attention_heads": 4,
         "intermediate_size": 256,
         "tie_word_embeddings": True,
-        "steps": 200,
+        "steps": 300,
         "lr": 3e-3,
         "batch": 32,
     },
