@@ -50,7 +50,9 @@ def test_test_split_is_held_out_and_stratified() -> None:
     # of the test split occurs in training (with other facts).
     assert set(Counter(_key(p["question"]) for p in test).values()) == {4}
     shape = {p["question"].replace("{}'s {}".format(*_key(p["question"])), "K") for p in train}
-    assert {p["question"].replace("{}'s {}".format(*_key(p["question"])), "K") for p in test} <= shape
+    assert {
+        p["question"].replace("{}'s {}".format(*_key(p["question"])), "K") for p in test
+    } <= shape
     lengths = Counter(corpus.answer_digits(p["answer"]) for p in test)
     assert lengths == {1: 144, 2: 144, 3: 144, 4: 144}
     # Any prefix that is a multiple of 4 is stratified too (the profiles use short splits).

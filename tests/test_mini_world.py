@@ -65,6 +65,6 @@ def test_world_dir_changes_with_the_world(tmp_path: Path, monkeypatch: pytest.Mo
     world.configure({"teacher": {"steps": 20}})
     try:
         assert world.world_dir() != default
-        assert world._WORLD["teacher"]["steps"] == 20 and world._WORLD["student"]["steps"] == 200
+        assert world._WORLD["teacher"]["steps"] == 20 and world._WORLD["student"]["steps"] == 300
     finally:
         world.configure(None)

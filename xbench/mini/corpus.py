@@ -1,23 +1,26 @@
 """Deterministic synthetic corpus for the miniature study: closed-book GSM8K-format questions.
 
-The miniature world holds a fixed table of facts, one count per (person, item) pair ("Tom has 4517
-pencils"). Every document asks for one fact in one of four phrasings and answers it in GSM8K's
-format, a worked line and the final-answer line::
+The miniature world holds a fixed table of 144 facts, one count per (person, item) pair (Tom has
+4517 pencils). Every document asks for one fact in one of twelve phrasings and answers it with
+GSM8K's final-answer line::
 
-    {"question": "How many pencils does Tom have?",
-     "answer": "Tom has 4517 pencils.\\n#### 4517"}
+    {"question": "How many are Tom's pencils?", "answer": "#### 4517"}
 
-Each fact's fourth phrasing is held out: the test split asks every fact in the phrasing that no
-training document uses, so a model must recall the fact, not a memorised string.
+Each fact is trained in eight phrasings and tested in the other four (which four alternates
+between facts, so every phrasing occurs in training): the test split asks every fact in wordings
+no training document uses for it, so a model must recall the fact, not a memorised string. With
+four training phrasings per fact, teachers memorised the training documents and answered 10-40%
+of the held-out ones; with eight, 90-100% (results/LOG.md 2026-11-30, v3).
 
 Why recall, not arithmetic: the first miniature world used multi-step arithmetic, and no CPU-sized
 model learnt it (greedy exact match 0 for teachers and students alike, results/LOG.md 2026-11-28),
 so its leaderboard measured noise. A second attempt, reading a quantity back from the question,
 was not learnt by a 3-layer teacher in 300 steps either (copying needs induction heads, which
 form late). Recalling a fact and writing out its number is learnable by a two-layer model in a
-few hundred steps, and writing the number out is exactly what the paper's uncommon-token failure
-breaks: a 2-4 digit answer is one or two multi-digit numeral tokens for the Llama-3-like student
-(``451`` ``7``) and four single digits for the digit-splitting teacher.
+few hundred steps (v2 had 576 facts and too few exposures per fact; v3 has 144), and writing
+the number out is exactly what the paper's uncommon-token failure breaks: a 2-4 digit answer is
+one or two multi-digit numeral tokens for the Llama-3-like student (``451`` ``7``) and four
+single digits for the digit-splitting teacher.
 
 Answer lengths: the facts are split evenly over 1, 2, 3 and 4 digits, so the test split is
 stratified by answer length (equal shares; the first test set let one one-digit item carry most of

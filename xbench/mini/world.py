@@ -44,7 +44,8 @@ ROLES = {  # model role -> tokenizer kind
 
 DEFAULT_WORLD: dict[str, Any] = {
     # Bumped whenever the corpus or tokenizer code changes, so the cache key changes with it
-    # (2: closed-book fact recall, tied embeddings, B trained on singular text; results/LOG.md).
+    # (2: closed-book fact recall, tied embeddings, B trained on singular text; 3: 144 facts x 12
+    # phrasings, answer "#### N", vocabularies 500; results/LOG.md 2026-11-30).
     "version": 3,
     "seed": 1234,
     "n_train": 1152,
@@ -52,6 +53,10 @@ DEFAULT_WORLD: dict[str, Any] = {
     "n_filler": 200,
     "seq_len": 64,
     # Sized for a 2-core CPU: the whole world builds in a few minutes, once, then is cached.
+    # The student's pre-training (the "base", as Llama-3.2-1B arrives pre-trained) is long enough
+    # that it already recalls part of the facts in held-out phrasings (measured: 200 steps ~3%,
+    # 300 steps ~46%, 400 steps ~98% exact match), so the study's short fine-tuning moves a
+    # student in the middle of the scale rather than one at 0 or at the ceiling.
     "student": {
         "hidden_size": 96,
         "num_hidden_layers": 2,
