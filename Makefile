@@ -8,6 +8,9 @@ STAMP := $(VENV)/.xbench-installed
 TORCH_CPU ?= torch==2.13.0
 TORCH_INDEX ?=
 EXPERIMENT ?= mini_vs_gold
+# The miniature study's second sweep: GOLD-A's two terms alone (issue 18's diagnostic) and the
+# untrained base, 3 seeds, into the same sweep directory and report.
+DEMO_EXTRA := cell=gold-A-common,gold-A-uld,base seed=0,1,2
 PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
@@ -30,6 +33,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(PY) -m xbench.sweep +experiment=$(EXPERIMENT)
+	$(if $(filter mini_vs_gold,$(EXPERIMENT)),$(PY) -m xbench.sweep +experiment=mini_vs_gold $(DEMO_EXTRA))
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

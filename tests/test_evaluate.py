@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from xbench import evaluate as ev
-from xbench.mini.corpus import make_problems, write_split
+from xbench.mini.corpus import make_problems, read_jsonl, write_split
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ["mini", "paper", "offline_real"]
@@ -125,10 +126,14 @@ def test_mini_suite_end_to_end(tiny, tmp_path, monkeypatch) -> None:
     assert settings["bos"]["add_bos_token"] is None and "effective" in settings["bos"]
     assert settings["model"]["tokenizer_len"] == len(tok)
     assert result["lm_eval_version"] == settings["versions"]["lm_eval"]
+    # Exact match per answer length: the 6 docs of the stratified split cover all four classes.
+    raw_arith = result["raw"]["results"]["mini_arith"]
+    for k in (1, 2, 3, 4):
+        assert 0.0 <= raw_arith[f"exact_match@len{k},strict-match"] <= 1.0
 
     # The prompts are GSM8K's, over the configured test split, with 3 shots.
     rows = [json.loads(x) for x in (tmp_path / "run/eval/samples_mini_arith.jsonl").open()]
-    test_questions = [r["question"] for r in make_problems(42, 3)[30:]]
+    test_questions = [r["question"] for r in read_jsonl(tmp_path / "data" / "test.jsonl")]
     assert rows[0]["doc"]["question"] in test_questions
     prompt = rows[0]["arguments"][0][0]
     assert prompt.count("Question: ") == 4 and prompt.endswith("Answer:")
@@ -254,3 +259,16 @@ def test_cli_on_a_saved_checkpoint(tiny, tmp_path) -> None:
     result = json.loads((tmp_path / "run/eval/results.json").read_text())
     assert result["settings"]["model"]["name"] == str(tmp_path / "ckpt")
     assert result["tasks"]["mini_arith_mc"]["n_samples"] == 2
+
+
+def test_mini_scores_are_fractions() -> None:
+    """lm-eval metrics are fractions; xbench.evaluate alone turns them into percent."""
+    from xbench.tasks.mini import utils
+
+    doc = {"question": "How many eggs does Tom have?", "answer": "Tom has 4517 eggs.\n#### 4517"}
+    assert utils.process_answer(doc, [(math.log(0.25), False)]) == {"answer_prob": 0.25, "acc": 0.0}
+    assert utils.process_generation(doc, ["4,517"]) == {
+        "exact_match": 1.0,
+        "exact_match@len4": 1.0,
+    }
+    assert utils.process_generation(doc, ["[invalid]"])["exact_match@len4"] == 0.0

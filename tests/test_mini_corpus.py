@@ -1,14 +1,16 @@
-"""The synthetic arithmetic corpus: deterministic, well-formed, correct, learnable-sized."""
+"""The synthetic corpus: deterministic, well-formed, answers true to the fact table, stratified."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections import Counter
+
+import pytest
 
 from xbench.mini import corpus
 
-_STEP = re.compile(r"^(\d+) ([+\-*]) (\d+) = (\d+)$")
-_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+_ANSWER = re.compile(r"^#### (\d+)$")
 
 
 def test_deterministic_and_prefix_stable() -> None:
@@ -18,31 +20,47 @@ def test_deterministic_and_prefix_stable() -> None:
     assert corpus.filler_text(20, 3) == corpus.filler_text(20, 3)
 
 
-def test_gsm8k_format_and_arithmetic() -> None:
-    problems = corpus.make_problems(500, 0)
-    assert len({p["question"] for p in problems}) == 500
-    digit_counts = set()
+def _key(question: str) -> tuple[str, str]:
+    # Every phrasing ends in the fact's key, "<name>'s <item>" and one punctuation mark.
+    name, item = question[:-1].rsplit(" ", 2)[-2:]
+    return name.removesuffix("'s"), item
+
+
+def test_answers_follow_the_fact_table() -> None:
+    table = {(f["name"], f["item"]): f["value"] for f in corpus.facts(0)}
+    assert len(table) == 144
+    problems = corpus.make_problems(1152, 0)
+    assert len({p["question"] for p in problems}) == 1152
     for p in problems:
-        *steps, final = p["answer"].split("\n")
-        assert final.startswith("#### ")
-        assert p["question"].endswith("?")
-        assert len(p["question"]) < 160  # short: a tiny model sees ~100 tokens per example
-        previous = None
-        for step in steps:
-            m = _STEP.match(step)
-            assert m, step
-            a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
-            assert _OPS[op](a, b) == c
-            # Two-step problems reuse the intermediate result.
-            assert previous is None or a == previous
-            previous = c
-        assert int(final[5:]) == previous == corpus.final_answer(p["answer"])
-        for number in re.findall(r"\d+", p["question"] + p["answer"]):
-            assert len(number) <= 4
-            digit_counts.add(len(number))
-    assert digit_counts == {1, 2, 3, 4}
-    ops = {s.split()[1] for p in problems for s in p["answer"].split("\n")[:-1]}
-    assert ops == {"+", "-", "*"}
+        m = _ANSWER.match(p["answer"])
+        assert m, p["answer"]
+        assert int(m[1]) == table[_key(p["question"])] == corpus.final_answer(p["answer"])
+        assert not any(c.isdigit() for c in p["question"])  # closed book: the number is recalled
+    # Every fact is trained in 8 phrasings.
+    assert set(Counter(_key(p["question"]) for p in problems).values()) == {8}
+    with pytest.raises(ValueError, match="training pool"):
+        corpus.make_problems(1153, 0)
+
+
+def test_test_split_is_held_out_and_stratified() -> None:
+    train = corpus.make_problems(1152, 0)
+    test = corpus.held_out_problems(576, 0)
+    assert not {p["question"] for p in test} & {p["question"] for p in train}
+    # Every fact is asked in 4 phrasings its training documents do not use, and every phrasing
+    # of the test split occurs in training (with other facts).
+    assert set(Counter(_key(p["question"]) for p in test).values()) == {4}
+    shape = {p["question"].replace("{}'s {}".format(*_key(p["question"])), "K") for p in train}
+    assert {
+        p["question"].replace("{}'s {}".format(*_key(p["question"])), "K") for p in test
+    } <= shape
+    lengths = Counter(corpus.answer_digits(p["answer"]) for p in test)
+    assert lengths == {1: 144, 2: 144, 3: 144, 4: 144}
+    # Any prefix that is a multiple of 4 is stratified too (the profiles use short splits).
+    assert Counter(corpus.answer_digits(p["answer"]) for p in test[:20]) == {
+        k: 5 for k in (1, 2, 3, 4)
+    }
+    with pytest.raises(ValueError, match="multiple of 4"):
+        corpus.held_out_problems(30, 0)
 
 
 def test_multiple_choice_items() -> None:
@@ -65,13 +83,13 @@ def test_filler_has_no_digits() -> None:
 
 
 def test_write_split_disjoint_and_reproducible(tmp_path) -> None:
-    paths = corpus.write_split(tmp_path / "d", n_train=40, n_test=10, seed=5)
+    paths = corpus.write_split(tmp_path / "d", n_train=40, n_test=12, seed=5)
     first = {k: p.read_bytes() for k, p in paths.items()}
     train = [json.loads(line) for line in first["train"].decode().splitlines()]
     test = corpus.read_jsonl(paths["test"])
-    assert (len(train), len(test)) == (40, 10)
+    assert (len(train), len(test)) == (40, 12)
     assert set(train[0]) == {"question", "answer"}
     assert not {r["question"] for r in train} & {r["question"] for r in test}
-    corpus.write_split(tmp_path / "d", n_train=40, n_test=10, seed=5)
+    corpus.write_split(tmp_path / "d", n_train=40, n_test=12, seed=5)
     assert {k: p.read_bytes() for k, p in paths.items()} == first
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["test.jsonl", "train.jsonl"]

@@ -35,6 +35,9 @@ def test_mini_vs_gold_small_profile_end_to_end(tmp_path: Path) -> None:
     # The study states its formula set: every teacher row carries kd.semantics=xbench.
     assert re.search(r"\| mini-A \| gold \|[^\n]*\| xbench \|", board)
     assert re.search(r"\| none \| base \|[^\n]*\| - \|", board)
+    # Exact match per answer length beside the headline, and the paper's orderings paired.
+    assert all(f"mini_arith@len{k}" in board for k in (1, 2, 3, 4))
+    assert "| GOLD-A < CE | avg |" in board and "| H-KL-B < H-KL-B + KD-C | avg |" in board
     figures = sweep / "report" / "figures"
     assert (figures / "numeral_mass.png").stat().st_size > 0
     assert (figures / "benchmarks.png").stat().st_size > 0

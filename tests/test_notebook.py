@@ -101,7 +101,7 @@ def test_notebook_on_the_committed_mini_sweeps(tmp_path: Path) -> None:
     pure P-KL cells carry no alpha (NaN), which a synthetic sweep never exercised."""
     tidy_csv = REPO / "results" / "mini_study" / "alpha_rank" / "tidy.csv"
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    _inject(nb, tidy_csv=str(tidy_csv), out_dir=str(tmp_path), task="mini_answer")
+    _inject(nb, tidy_csv=str(tidy_csv), out_dir=str(tmp_path), task="mini_arith")
     NotebookClient(
         nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
     ).execute()
@@ -109,6 +109,6 @@ def test_notebook_on_the_committed_mini_sweeps(tmp_path: Path) -> None:
     text = "\n".join(
         o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
     )
-    assert "Teacher mini-A (xtoken, rank 4): best alpha = 0 with mini_answer 15.64" in text
-    assert "Teacher mini-A: mini_answer rises by 0.31 points from K=1 to K=8." in text
+    assert "Teacher mini-A (xtoken, rank 4): best alpha = 0 with mini_arith 52.43" in text
+    assert "Teacher mini-A: mini_arith rises by 2.78 points from K=1 to K=8." in text
     assert (tmp_path / "metric_vs_alpha.png").is_file()

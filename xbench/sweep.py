@@ -42,6 +42,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 def _prepare_eval(cfg: DictConfig) -> DictConfig:
     """Point the miniature eval suite at the world's held-out split."""
     ev = cfg.eval
+    # An experiment drops a task of its suite by setting it to null (Hydra merges mappings).
+    ev.tasks = {k: v for k, v in ev.tasks.items() if v is not None}
     if cfg.data.source == "mini" and "metadata" in ev and "mini_data_dir" in ev.metadata:
         from xbench.mini import world
 
@@ -233,7 +235,8 @@ class SweepCallback(Callback):
             roles = [
                 str(m.model).split(":", 1)[1] for m in specs if str(m.model).startswith("mini:")
             ]
-            log.info("miniature world: %s", world.build_world(roles))
+            workers = int(os.environ.get("XBENCH_MAX_PARALLEL", 2))
+            log.info("miniature world: %s", world.build_world(roles, workers=workers))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("plan"):

@@ -234,7 +234,9 @@ def _check_eval(prefix: str, ev: dict[str, Any]) -> None:
     """An eval suite config under ``prefix`` (``eval`` in a cell, empty for xbench.evaluate)."""
     p = f"{prefix}." if prefix else ""
     check_group(prefix, ev, EvalConf)
-    tasks = ev.get("tasks")
+    # A task set to null is dropped (an experiment removing a task of its suite: Hydra merges
+    # mappings, so it cannot delete a key).
+    tasks = {k: v for k, v in (ev.get("tasks") or {}).items() if v is not None}
     if not tasks:
         raise ConfigError(f"{p}tasks", f"{p}tasks is empty; name at least one task.")
     known = None if ev.get("include_defaults") else _local_tasks(ev.get("task_include"), p)

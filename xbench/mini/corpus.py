@@ -1,18 +1,32 @@
-"""Deterministic synthetic corpus for the miniature study: GSM8K-format arithmetic word problems.
+"""Deterministic synthetic corpus for the miniature study: closed-book GSM8K-format questions.
 
-Each problem is a short word problem with a step-by-step solution that spells out every
-intermediate result and ends in GSM8K's final-answer line::
+The miniature world holds a fixed table of 144 facts, one count per (person, item) pair (Tom has
+4517 pencils). Every document asks for one fact in one of twelve phrasings and answers it with
+GSM8K's final-answer line::
 
-    {"question": "Tom has 23 apples and buys 45 more. How many apples does Tom have?",
-     "answer": "23 + 45 = 68\\n#### 68"}
+    {"question": "How many are Tom's pencils?", "answer": "#### 4517"}
 
-Operands have 1 to 4 digits, with the digit count drawn uniformly first so short and long numbers
-are equally common (uniform values would make almost every number 4 digits, and numeral
-tokenization effects would only be seen on long numbers). Results never exceed 9999, so every
-number in the corpus has at most 4 digits. Operations are ``+``, ``-`` and a small ``*`` (one factor
-is 2..9), in one- and two-step templates: few enough that a tiny CPU model can learn them.
+Each fact is trained in eight phrasings and tested in the other four (which four alternates
+between facts, so every phrasing occurs in training): the test split asks every fact in wordings
+no training document uses for it, so a model must recall the fact, not a memorised string. With
+four training phrasings per fact, teachers memorised the training documents and answered 10-40%
+of the held-out ones; with eight, 90-100% (results/LOG.md 2026-11-30, v3).
 
-Everything is a pure function of ``(n, seed)``: ``random.Random(seed)`` only, never ``hash()``
+Why recall, not arithmetic: the first miniature world used multi-step arithmetic, and no CPU-sized
+model learnt it (greedy exact match 0 for teachers and students alike, results/LOG.md 2026-11-28),
+so its leaderboard measured noise. A second attempt, reading a quantity back from the question,
+was not learnt by a 3-layer teacher in 300 steps either (copying needs induction heads, which
+form late). Recalling a fact and writing out its number is learnable by a two-layer model in a
+few hundred steps (v2 had 576 facts and too few exposures per fact; v3 has 144), and writing
+the number out is exactly what the paper's uncommon-token failure breaks: a 2-4 digit answer is
+one or two multi-digit numeral tokens for the Llama-3-like student (``451`` ``7``) and four
+single digits for the digit-splitting teacher.
+
+Answer lengths: the facts are split evenly over 1, 2, 3 and 4 digits, so the test split is
+stratified by answer length (equal shares; the first test set let one one-digit item carry most of
+a method's score).
+
+Everything is a pure function of the seed: ``random.Random(seed)`` only, never ``hash()``
 (salted per process), so every process and machine produces the same corpus.
 """
 
@@ -21,134 +35,131 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable
 from pathlib import Path
 
 from xbench.io import write_text
 
 __all__ = [
+    "answer_digits",
+    "facts",
     "filler_text",
+    "held_out_problems",
     "make_mc_problems",
     "make_problems",
     "to_multiple_choice",
     "write_split",
 ]
 
-MAX_VALUE = 9999
+MAX_DIGITS = 4
 
-_NAMES = ["Tom", "Anna", "Ben", "Mia", "Sam", "Lily", "Max", "Zoe", "Leo", "Emma", "Jack", "Nora"]
+_NAMES = [
+    "Tom", "Anna", "Ben", "Mia", "Sam", "Lily", "Max", "Zoe", "Leo", "Emma", "Jack", "Nora",
+]  # fmt: skip
 _ITEMS = [
-    "apples",
-    "pencils",
-    "stickers",
-    "marbles",
-    "books",
-    "coins",
-    "cards",
-    "eggs",
-    "shells",
-    "stamps",
-    "beads",
-    "cookies",
+    "apples", "pencils", "stickers", "marbles", "books", "coins", "cards", "eggs", "shells",
+    "stamps", "beads", "cookies",
+]  # fmt: skip
+# Eight ways to ask for a fact. Each fact is trained in four of them and tested in the other
+# four; which four alternates between facts, so every phrasing occurs in training (with other
+# facts) and the test asks a known question shape about a fact never seen in that shape. Every
+# phrasing ends in the fact's key written the same way ("Tom's pencils"): only the wording
+# before it is new to the fact at test time.
+_PHRASINGS = [
+    "How many are {name}'s {item}?",
+    "What is the number of {name}'s {item}?",
+    "Count {name}'s {item}.",
+    "Tell me the count of {name}'s {item}.",
+    "How large is the pile of {name}'s {item}?",
+    "Give the number of {name}'s {item}.",
+    "We need the total of {name}'s {item}.",
+    "Please count {name}'s {item}.",
+    "Find out the number of {name}'s {item}.",
+    "How many do we see of {name}'s {item}?",
+    "Write down the count of {name}'s {item}.",
+    "What do you know about {name}'s {item}?",
 ]
+N_PHRASINGS = len(_PHRASINGS)
 
+Fact = dict[str, object]
 Problem = dict[str, str]
 
 
-def _number(rng: random.Random, max_digits: int = 4, low: int = 2) -> int:
-    """Draw a number whose digit count is uniform in 1..max_digits (>= low, so no "1 apples")."""
-    digits = rng.randint(1, max_digits)
-    return rng.randint(max(low, 10 ** (digits - 1)), 10**digits - 1)
+def facts(seed: int) -> list[Fact]:
+    """The world's fact table: one count per (name, item) pair, answer lengths in equal shares.
+
+    Returns:
+        ``len(_NAMES) * len(_ITEMS)`` (144) dicts ``{"name", "item", "value", "held_out"}`` in a
+        seeded order; fact ``i`` has ``i % MAX_DIGITS + 1`` digits and ``held_out`` is the parity
+        of the phrasings reserved for the test split (``i // MAX_DIGITS % 2``, so every length
+        class is asked in every phrasing).
+    """
+    rng = random.Random(seed)
+    pairs = [(n, it) for n in _NAMES for it in _ITEMS]
+    rng.shuffle(pairs)
+    out = []
+    for i, (name, item) in enumerate(pairs):
+        digits = i % MAX_DIGITS + 1
+        value = rng.randint(max(2, 10 ** (digits - 1)), 10**digits - 1)  # >= 2: no "1 apples"
+        out.append({"name": name, "item": item, "value": value, "held_out": i // MAX_DIGITS % 3})
+    return out
 
 
-def _add(rng: random.Random, name: str, item: str) -> Problem | None:
-    a, b = _number(rng), _number(rng)
-    c = a + b
-    if c > MAX_VALUE:
-        return None
-    q = f"{name} has {a} {item} and buys {b} more. How many {item} does {name} have?"
-    return {"question": q, "answer": f"{a} + {b} = {c}\n#### {c}"}
+def _problem(fact: Fact, phrasing: int) -> Problem:
+    question = _PHRASINGS[phrasing].format(name=fact["name"], item=fact["item"])
+    return {"question": question, "answer": f"#### {fact['value']}"}
 
 
-def _sub(rng: random.Random, name: str, item: str) -> Problem | None:
-    a, b = _number(rng), _number(rng)
-    a, b = max(a, b), min(a, b)
-    friend = rng.choice([n for n in _NAMES if n != name])
-    c = a - b
-    q = f"{name} has {a} {item} and gives {b} to {friend}. How many {item} does {name} have left?"
-    return {"question": q, "answer": f"{a} - {b} = {c}\n#### {c}"}
+def _split(fact: Fact, test: bool) -> list[int]:
+    """The phrasings of a fact in the test split (``test``) or in the training pool."""
+    return [k for k in range(N_PHRASINGS) if (k % 3 == fact["held_out"]) == test]
 
 
-def _mul(rng: random.Random, name: str, item: str) -> Problem | None:
-    a, b = rng.randint(2, 9), _number(rng, max_digits=3)
-    c = a * b
-    q = f"{name} buys {a} boxes with {b} {item} in each box. How many {item} does {name} buy?"
-    return {"question": q, "answer": f"{a} * {b} = {c}\n#### {c}"}
-
-
-def _add_sub(rng: random.Random, name: str, item: str) -> Problem | None:
-    a, b = _number(rng), _number(rng)
-    s = a + b
-    if s > MAX_VALUE:
-        return None
-    c = rng.randint(1, s)
-    r = s - c
-    q = (
-        f"{name} has {a} {item}, buys {b} more and then gives {c} away. "
-        f"How many {item} does {name} have now?"
-    )
-    return {"question": q, "answer": f"{a} + {b} = {s}\n{s} - {c} = {r}\n#### {r}"}
-
-
-def _mul_add(rng: random.Random, name: str, item: str) -> Problem | None:
-    a, b = rng.randint(2, 9), _number(rng, max_digits=3)
-    p = a * b
-    c = _number(rng)
-    r = p + c
-    if r > MAX_VALUE:
-        return None
-    q = (
-        f"{name} buys {a} packs of {b} {item} and finds {c} more. "
-        f"How many {item} does {name} have in total?"
-    )
-    return {"question": q, "answer": f"{a} * {b} = {p}\n{p} + {c} = {r}\n#### {r}"}
-
-
-_TEMPLATES: list[Callable[[random.Random, str, str], Problem | None]] = [
-    _add,
-    _sub,
-    _mul,
-    _add_sub,
-    _mul_add,
-]
+def _train_pool(seed: int) -> list[Problem]:
+    """Every (fact, training phrasing) pair, in a seeded order."""
+    pool = [_problem(f, k) for f in facts(seed) for k in _split(f, test=False)]
+    random.Random(seed + 1).shuffle(pool)
+    return pool
 
 
 def make_problems(n: int, seed: int) -> list[Problem]:
-    """Generate ``n`` distinct arithmetic word problems in GSM8K format.
+    """The first ``n`` training problems of the world with this seed.
 
     Args:
-        n: Number of problems.
-        seed: RNG seed; the same ``(n, seed)`` always gives the same list, and a longer list
-            with the same seed starts with the shorter one.
+        n: Number of problems, at most the training pool (4 phrasings x 144 facts = 576).
+        seed: World seed; a longer list with the same seed starts with the shorter one.
 
     Returns:
-        A list of ``{"question": str, "answer": "<steps>\\n#### N"}`` dicts with unique questions.
+        ``{"question": str, "answer": "#### N"}`` dicts with unique questions.
     """
-    if n < 0:
-        raise ValueError(f"make_problems(n={n}): n must be >= 0.")
-    rng = random.Random(seed)
-    out: list[Problem] = []
-    seen: set[str] = set()
-    while len(out) < n:
-        template = rng.choice(_TEMPLATES)
-        problem = template(rng, rng.choice(_NAMES), rng.choice(_ITEMS))
-        # Rejected draws (result > 9999) and duplicates are skipped, not clipped, so the
-        # distribution of accepted problems stays uniform over its support.
-        if problem is None or problem["question"] in seen:
-            continue
-        seen.add(problem["question"])
-        out.append(problem)
-    return out
+    pool = _train_pool(seed)
+    if not 0 <= n <= len(pool):
+        raise ValueError(f"make_problems(n={n}): n must be in 0..{len(pool)} (the training pool).")
+    return pool[:n]
+
+
+def held_out_problems(n: int, seed: int) -> list[Problem]:
+    """``n`` test problems: facts asked in their held-out phrasings, equal shares per length.
+
+    The list is phrasing-major (every fact in its first held-out phrasing, then every fact in
+    its second, ...), so any prefix whose length is a multiple of ``MAX_DIGITS`` is stratified.
+
+    Args:
+        n: Number of problems; a multiple of ``MAX_DIGITS``, at most 4 x 144 = 576.
+        seed: World seed.
+    """
+    table = facts(seed)
+    rows = [_problem(f, _split(f, test=True)[j]) for j in range(N_PHRASINGS // 3) for f in table]
+    if n % MAX_DIGITS or not 0 <= n <= len(rows):
+        raise ValueError(
+            f"the stratified test split needs n_test a multiple of {MAX_DIGITS} and at most "
+            f"{len(rows)} (4 held-out phrasings x {len(table)} facts); got {n}."
+        )
+    return rows[:n]
+
+
+def answer_digits(answer: str) -> int:
+    """Number of digits of the final answer of a GSM8K-format answer (its length class)."""
+    return len(str(final_answer(answer)))
 
 
 def final_answer(answer: str) -> int:
@@ -230,22 +241,22 @@ def filler_text(n: int, seed: int) -> list[str]:
 def write_split(out_dir: str | Path, n_train: int, n_test: int, seed: int) -> dict[str, Path]:
     """Write ``train.jsonl`` and ``test.jsonl`` with disjoint questions, each file atomically.
 
-    Both splits come from one :func:`make_problems` call (unique questions), so no test question
-    appears in train. Rewriting with the same arguments produces byte-identical files, which
-    makes concurrent writers (several sweep cells preparing the same directory) harmless.
+    Train: :func:`make_problems` (``n_train`` of the non-held-out phrasings); test:
+    :func:`held_out_problems` (held-out phrasings, stratified by answer length). Rewriting with the
+    same arguments produces byte-identical files, which makes concurrent writers (several sweep
+    cells preparing the same directory) harmless.
 
     Args:
         out_dir: Directory to create or reuse.
         n_train: Number of training problems.
-        n_test: Number of test problems.
-        seed: Corpus seed.
+        n_test: Number of test problems (a multiple of ``MAX_DIGITS``).
+        seed: World seed.
 
     Returns:
         ``{"train": path, "test": path}``.
     """
     out = Path(out_dir)
-    problems = make_problems(n_train + n_test, seed)
-    splits = {"train": problems[:n_train], "test": problems[n_train:]}
+    splits = {"train": make_problems(n_train, seed), "test": held_out_problems(n_test, seed)}
     paths = {}
     for name, rows in splits.items():
         path = out / f"{name}.jsonl"

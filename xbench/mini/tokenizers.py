@@ -6,9 +6,12 @@ The miniature study needs the same vocabulary mismatch as Llama-3 vs Qwen3:
   1-, 2- and 3-digit numeral as one token (Llama-3 has all 1,110 of them);
 * ``digits`` (teacher A, like Qwen3) splits every digit, so no multi-digit student numeral has a
   1-to-1 partner: GOLD's uncommon-token failure;
-* ``grouped`` (teacher B, like Phi-4-mini's larger vocabulary) groups digits like the student and
-  holds the same numerals, but learns more word pieces (so many student words are 1:N chunks)
-  and lays out its ids differently;
+* ``grouped`` (teacher B, like Phi-4-mini) groups digits like the student and holds the same
+  numerals, but its word pieces are learnt from other text (the same world written in the
+  singular), so some student words are missing and split into a piece B holds and the student
+  does not (student `` apples`` -> B `` apple`` + ``s``, as Llama-3's ``Hund`` meets Phi's
+  ``Hundreds``): GOLD's exact common set leaves them out, H-KL's relaxed set (top W weight >=
+  0.6) pairs them. B also lays out its ids differently;
 * teacher C shares the student's tokenizer (same-tokenizer KD).
 
 All are byte-level BPE with GPT-2's byte-to-unicode alphabet and character offsets, so both
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,11 +40,14 @@ _PATTERN = (
 )
 
 KINDS: dict[str, dict[str, int | bool]] = {
-    # name: digit run length, word-piece BPE vocab size, append all numerals, corpus rotation
-    "student": {"digits": 3, "vocab": 420, "numerals": True},
-    "digits": {"digits": 1, "vocab": 760, "numerals": False},
-    "grouped": {"digits": 3, "vocab": 760, "numerals": True},
+    # name: digit run length, word-piece BPE vocab size, append all numerals, train on the
+    # singular form of the text
+    "student": {"digits": 3, "vocab": 500, "numerals": True, "singular": False},
+    "digits": {"digits": 1, "vocab": 760, "numerals": False, "singular": False},
+    "grouped": {"digits": 3, "vocab": 500, "numerals": True, "singular": True},
 }
+# Plural nouns ("apples") -> singular ("apple"): B's other training text.
+_PLURAL_RE = re.compile(r"\b([a-z]{3,})s\b")
 # Special-token layouts differ per family (as Llama-3, Qwen3 and Phi-4 differ), so ids of equal
 # strings differ too and nothing can match vocabularies by id by accident.
 _SPECIALS = {
@@ -110,7 +117,10 @@ def train_tokenizer(kind: str, texts: Iterable[str]) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(list(texts), trainer=trainer)
+    texts = list(texts)
+    if spec["singular"]:
+        texts = [re.sub(_PLURAL_RE, r"\1", t) for t in texts]
+    tok.train_from_iterator(texts, trainer=trainer)
     if spec["numerals"]:
         tok = _add_numerals(tok)
     add_bos = kind != "digits"

@@ -43,27 +43,37 @@ ROLES = {  # model role -> tokenizer kind
 }
 
 DEFAULT_WORLD: dict[str, Any] = {
+    # Bumped whenever the corpus or tokenizer code changes, so the cache key changes with it
+    # (2: closed-book fact recall, tied embeddings, B trained on singular text; 3: 144 facts x 12
+    # phrasings, answer "#### N", vocabularies 500; results/LOG.md 2026-11-30).
+    "version": 3,
     "seed": 1234,
-    "n_train": 4000,
-    "n_test": 300,
-    "n_filler": 1000,
-    "seq_len": 128,
+    "n_train": 1152,
+    "n_test": 576,
+    "n_filler": 200,
+    "seq_len": 64,
     # Sized for a 2-core CPU: the whole world builds in a few minutes, once, then is cached.
+    # The student's pre-training (the "base", as Llama-3.2-1B arrives pre-trained) is long enough
+    # that it already recalls part of the facts in held-out phrasings (measured: 200 steps ~3%,
+    # 300 steps ~46%, 400 steps ~98% exact match), so the study's short fine-tuning moves a
+    # student in the middle of the scale rather than one at 0 or at the ceiling.
     "student": {
         "hidden_size": 96,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "intermediate_size": 256,
-        "steps": 80,
+        "tie_word_embeddings": True,
+        "steps": 300,
         "lr": 3e-3,
         "batch": 32,
     },
     "teacher": {
         "hidden_size": 128,
-        "num_hidden_layers": 3,
+        "num_hidden_layers": 2,
         "num_attention_heads": 4,
-        "intermediate_size": 384,
-        "steps": 300,
+        "intermediate_size": 512,
+        "tie_word_embeddings": True,
+        "steps": 400,
         "lr": 3e-3,
         "batch": 32,
     },
@@ -147,6 +157,7 @@ def _pretrain(role: str, out: Path) -> None:
 
     tok = mini_tokenizer(role)
     spec = dict(_WORLD["teacher" if role.startswith("teacher") else "student"])
+    spec.update(_WORLD.get(role) or {})
     steps, lr, bsz = spec.pop("steps"), spec.pop("lr"), spec.pop("batch")
     seed = _WORLD["seed"] + sum(map(ord, role))
     torch.manual_seed(seed)
@@ -212,15 +223,37 @@ def mini_model(role: str) -> LlamaForCausalLM:
     return LlamaForCausalLM.from_pretrained(str(mini_model_path(role)))
 
 
-def build_world(roles: list[str] | None = None) -> dict[str, Any]:
+def _build_role(world: dict[str, Any], role: str) -> str:
+    """Build one model in a worker process (spawned: it configures its own copy of the world)."""
+    torch.set_num_threads(1)
+    configure(world)
+    return str(mini_model_path(role))
+
+
+def build_world(roles: list[str] | None = None, workers: int = 1) -> dict[str, Any]:
     """Build the data, every tokenizer and the given models (default: all) now.
 
     The sweep calls this once before launching, so parallel cells find everything cached.
+
+    Args:
+        roles: Model roles to build (default: every role).
+        workers: Models built at once, each in its own process with one thread (the models are
+            independent; a file lock per role keeps concurrent builders from repeating work).
     """
     info: dict[str, Any] = {"dir": str(world_dir())}
     for kind in set(ROLES.values()):
         mini_tokenizer(kind)
-    for role in ROLES if roles is None else roles:
+    data_dir()
+    roles = list(ROLES) if roles is None else roles
+    todo = [r for r in roles if not (world_dir() / "models" / r / "config.json").exists()]
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
+            list(pool.map(_build_role, [_WORLD] * len(todo), todo))
+    for role in roles:
         path = mini_model_path(role)
         info[role] = json.loads((path / "pretrain_log.json").read_text())["seconds"]
     return info

@@ -9,19 +9,21 @@ YAML is installed.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import datasets
 
-from xbench.mini.corpus import read_jsonl, to_multiple_choice, write_split
+from xbench.mini.corpus import answer_digits, read_jsonl, to_multiple_choice, write_split
 
 # Defaults used when the suite config does not name a corpus; they only matter for standalone
 # evaluation, a study always passes the directory its training data came from.
 DEFAULT_SEED = 1234
-DEFAULT_N_TRAIN = 2000
-DEFAULT_N_TEST = 200
+DEFAULT_N_TRAIN = 1152
+DEFAULT_N_TEST = 576
 
 
 def data_dir(
@@ -80,6 +82,11 @@ def load_arith_mc(**metadata: Any) -> datasets.DatasetDict:
     )
 
 
+def _digits_class(doc: dict[str, Any]) -> str:
+    """The answer-length class of a doc: ``len1`` .. ``len4`` (digits of the final answer)."""
+    return f"len{answer_digits(doc['answer'])}"
+
+
 def process_answer(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, float]:
     """Scores of one ``mini_answer`` doc from its (log-likelihood, is_greedy) result.
 
@@ -90,7 +97,24 @@ def process_answer(doc: dict[str, Any], results: list[tuple[float, bool]]) -> di
     student's multi-digit numeral tokens are exactly what GOLD suppresses). ``acc``: every answer
     token is the argmax (lm-eval's is_greedy).
     """
-    import math
-
     ll, greedy = results[0]
     return {"answer_prob": math.exp(ll), "acc": float(greedy)}
+
+
+def _normalize(text: str) -> str:
+    # The normalisation of lm-eval's gsm8k exact_match (regexes_to_ignore, ignore_case).
+    for pattern in (",", r"\$", r"(?s).*#### ", r"\.$"):
+        text = re.sub(pattern, "", text)
+    return text.strip().lower()
+
+
+def process_generation(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    """Exact match of one ``mini_arith`` doc, overall and in its answer-length class.
+
+    ``results`` holds the filtered generation (the strict ``#### N`` filter's capture, or
+    ``[invalid]``). Besides ``exact_match`` the doc reports ``exact_match@lenK`` for its own
+    class only: lm-eval averages each metric over the docs that report it, so each
+    ``exact_match@lenK`` is the exact match over the K-digit answers.
+    """
+    em = float(_normalize(results[0]) == _normalize(doc["answer"]))
+    return {"exact_match": em, f"exact_match@{_digits_class(doc)}": em}
