@@ -53,6 +53,7 @@ CASES = [
     ("sweep", [EXP, "wandb.mode=cloud"], "wandb.mode"),
     ("sweep", [EXP, "eval.limit=0"], "eval.limit"),
     ("sweep", [EXP, "seed=-1"], "seed"),
+    ("sweep", [EXP, "world.n_test=10"], "world.n_test"),
     ("sweep", [EXP, "cell=nosuch"], "cell='nosuch'"),
     ("sweep", [EXP, "cell=ce,nosuch"], "cell='nosuch'"),
     ("sweep", [EXP, "plan=yes"], "plan"),

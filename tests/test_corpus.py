@@ -47,7 +47,7 @@ def _data_overrides(root: Path, ext: str = "parquet") -> list[str]:
     return [
         "data=shards",
         f"data.files={root}/*.{ext}",
-        "data.seq_len=48",
+        "data.seq_len=64",
         "data.num_workers=2",
     ]
 
@@ -158,8 +158,8 @@ def test_two_rank_run_killed_mid_epoch_resumes_like_the_uninterrupted_run(tmp_pa
     assert [r["step"] for r in resumed] == [r["step"] for r in full] == list(range(1, 9))
     for key in ("train/loss", "data/epoch", "data/tokens"):
         assert [r[key] for r in resumed] == [r[key] for r in full], key
-    # The 48 documents pack 2 to a sequence: 8 steps of 4 sequences read past one epoch, and
-    # the kill happened in epoch 0.
+    # The 48 documents (~30 student tokens each) pack about 2 to a 64-token sequence: 8 steps
+    # of 4 sequences read past one epoch, and the kill happened in epoch 0.
     epochs = [r["data/epoch"] for r in full]
     assert epochs[2] == 0 and epochs[-1] == 1
 

@@ -32,6 +32,9 @@ COMMON = [
     "train.log_every=1",
     "data.seq_len=48",
     "world.n_train=200",
+    # The tolerances below were measured at this lr; the miniature study's 3e-3 (issue 18) makes
+    # Adam amplify FSDP's reduction-order noise to ~1.04e-5 on the student's weights.
+    "optim.lr=1e-3",
 ]
 
 

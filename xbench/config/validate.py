@@ -332,6 +332,18 @@ def validate(
             "data.detokenizer",
             "data.ids_field needs data.detokenizer (gpt2, or a tokenizer spec such as llama3).",
         )
+    n_test = (c.get("world") or {}).get("n_test")
+    if n_test is not None:
+        from xbench.mini.corpus import MAX_DIGITS, N_TEST_MAX
+
+        if not isinstance(n_test, int) or n_test % MAX_DIGITS or not 0 < n_test <= N_TEST_MAX:
+            near = min(N_TEST_MAX, MAX_DIGITS * max(1, int(n_test or 0) // MAX_DIGITS))
+            raise ConfigError(
+                "world.n_test",
+                f"world.n_test={n_test!r}: the miniature test split is stratified by answer "
+                f"length, so it needs a multiple of {MAX_DIGITS} from {MAX_DIGITS} to "
+                f"{N_TEST_MAX}; set e.g. world.n_test={near}.",
+            )
     _check_kd_rules(c, spec)
     if machine:
         _check_machine(c, spec, launcher, plan)

@@ -59,7 +59,7 @@ _ITEMS = [
     "apples", "pencils", "stickers", "marbles", "books", "coins", "cards", "eggs", "shells",
     "stamps", "beads", "cookies",
 ]  # fmt: skip
-# Eight ways to ask for a fact. Each fact is trained in four of them and tested in the other
+# Twelve ways to ask for a fact. Each fact is trained in eight of them and tested in the other
 # four; which four alternates between facts, so every phrasing occurs in training (with other
 # facts) and the test asks a known question shape about a fact never seen in that shape. Every
 # phrasing ends in the fact's key written the same way ("Tom's pencils"): only the wording
@@ -79,6 +79,8 @@ _PHRASINGS = [
     "What do you know about {name}'s {item}?",
 ]
 N_PHRASINGS = len(_PHRASINGS)
+# Test items: every fact in each of its held-out phrasings (a third of them): 4 x 144 = 576.
+N_TEST_MAX = N_PHRASINGS // 3 * len(_NAMES) * len(_ITEMS)
 
 Fact = dict[str, object]
 Problem = dict[str, str]
