@@ -32,8 +32,7 @@ COMMON = [
     "train.log_every=1",
     "data.seq_len=48",
     "world.n_train=200",
-    # The tolerances below were measured at this lr; the miniature study's 3e-3 (issue 18) makes
-    # Adam amplify FSDP's reduction-order noise to ~1.04e-5 on the student's weights.
+    # The lr the tolerances below were measured at (the miniature study's is 3e-3, issue 18).
     "optim.lr=1e-3",
 ]
 
@@ -85,8 +84,11 @@ def test_w_is_identical_on_every_rank_and_equals_one_rank(
     # gradient is near 0, while W = softplus(r) / row sum moves by a few 1e-6 (measured).
     w1, w2 = _w(one_rank), _w(two)
     assert w1.keys() == w2.keys() and w1  # W was learned and saved once, in rank 0's checkpoint
-    assert max_diff(w1, w2) < 1e-5
-    assert max_diff(_model(one_rank), _model(two)) < 1e-5
+    # 1 rank vs 2 ranks is equal up to fp32 reduction order, which Adam amplifies over 20 steps:
+    # measured 1.04e-5 (fsdp) and 1.23e-5 (ddp) on W in the v3 world with 2 torch threads, a few
+    # 1e-6 before; a W that is not kept in sync drifts far more (train/w_rank_diff above is 0).
+    assert max_diff(w1, w2) < 5e-5
+    assert max_diff(_model(one_rank), _model(two)) < 5e-5
     # W moved between steps 10 and 20 (a frozen W would pass the checks above trivially).
     assert max_diff(w1, _w(one_rank, STEPS // 2)) > 1e-4
     assert all("train/kd_scale" in r for r in logs)  # the dynamic mixing ran
