@@ -7,7 +7,7 @@ sequences, it is slow), and TRL's GOLD aligner (``ULDLoss._align_by_byte_offsets
 GOLDTrainer, from trl 1.16, imported, fed the same offsets as Python lists, its native input).
 Timing policy, the same for all three: one untimed warm-up call, then the best (minimum) wall time
 of ``--reps`` calls, each over the aligner's whole set. Also: the offset aligner's flat batch API
-(no per-sequence objects) and its one-sequence-at-a-time entry point (as ``xbench.data`` calls
+(no per-sequence objects) and its one-sequence-at-a-time entry point (as ``engine.data`` calls
 it), the batched fast-tokenizer throughput, the aligner's cost as a share of tokenizing both
 sides, and the share of 1:1 chunks.
 
@@ -118,7 +118,7 @@ def run(dp_subset: int = 100, reps: int = 5) -> dict[str, float]:
     print(
         f"  offset aligner, flat API (align_batch_flat, no per-sequence objects, best of {reps}): "
         f"{fig['offset_flat_seq_per_s']:.0f} seq/s; one sequence per call (align, as "
-        f"xbench.data does, best of {max(1, reps // 2)}): "
+        f"xbench.engine.data does, best of {max(1, reps // 2)}): "
         f"{fig['offset_single_seq_per_s']:.0f} seq/s"
     )
     print(

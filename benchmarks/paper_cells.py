@@ -4,7 +4,7 @@ Cells of ``conf/experiment/gpu_paper.yaml``: ce, pkl and gold at micro-batch 8 (
 the figures in ../shared/notes/gpu_offline_node.md: seq 2048, bf16 autocast; teachers now bf16 by
 default), and the three-teacher cell at llama1b_vs_gold's micro-batch 4. Per cell: median
 ``train/tokens_per_s`` over the second half of the steps, the peak of ``train/peak_mem_mb``, and
-xbench.memory's estimate for the same config beside it. A run is stopped once its last step is
+engine.memory's estimate for the same config beside it. A run is stopped once its last step is
 logged: the final checkpoint of a 1B student with its optimizer (~15 GB) is not waited for.
 
     python benchmarks/paper_cells.py [--steps 10] [--cells ce,pkl,gold,three] [--out DIR]
@@ -90,12 +90,12 @@ def run_cell(cell: str, args: argparse.Namespace) -> dict:
 
 
 def estimate(ov: list[str]) -> float | None:
-    """xbench.memory's per-GPU estimate of the same cell config (GB)."""
+    """xbench.engine.memory's per-GPU estimate of the same cell config (GB)."""
     from hydra import compose, initialize_config_dir
 
-    from xbench.cells import resolve_cell
-    from xbench.memory import estimate as mem_estimate
-    from xbench.memory import use_checkpointing
+    from xbench.engine.memory import estimate as mem_estimate
+    from xbench.engine.memory import use_checkpointing
+    from xbench.sweep.cells import resolve_cell
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = resolve_cell(compose("sweep", overrides=["+experiment=gpu_paper", *ov]))[0]

@@ -49,7 +49,7 @@ class _Fixed:
 def _session(cell: str, overrides: list[str]) -> tuple[Any, list[dict[str, Any]]]:
     from engine_utils import cell_cfg
 
-    from xbench.loop import build_session, to_device
+    from xbench.engine.loop import build_session, to_device
 
     sess = build_session(cell_cfg(f"cell={cell}", *overrides))
     micro = [next(iter(sess.loader()))]

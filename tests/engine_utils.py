@@ -18,7 +18,7 @@ CONF = str(REPO / "conf")
 
 def cell_cfg(*overrides: str, experiment: str = "mini_smoke") -> DictConfig:
     """The resolved config of one cell (what a sweep job trains with)."""
-    from xbench.cells import resolve_cell
+    from xbench.sweep.cells import resolve_cell
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("sweep", overrides=[f"+experiment={experiment}", *overrides])
@@ -27,7 +27,7 @@ def cell_cfg(*overrides: str, experiment: str = "mini_smoke") -> DictConfig:
 
 def state(run_dir: Path) -> dict[str, torch.Tensor]:
     """Model weights of the newest checkpoint of a run."""
-    from xbench.checkpoint import load_latest
+    from xbench.engine.checkpoint import load_latest
 
     ckpt = load_latest(Path(run_dir) / "checkpoints")
     assert ckpt is not None, f"no checkpoint in {run_dir}"

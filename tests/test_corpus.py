@@ -19,10 +19,10 @@ import pytest
 from engine_utils import cell_cfg, max_diff, run_module, state, torchrun
 from torch.utils.data import DataLoader
 
-from xbench.corpus import StreamingCorpus
-from xbench.data import Collator, PairDataset
+from xbench.engine.corpus import StreamingCorpus
+from xbench.engine.data import Collator, PairDataset
+from xbench.engine.models import load_tokenizer
 from xbench.io import read_jsonl
-from xbench.models import load_tokenizer
 
 SHARDS, DOCS = 4, 12  # documents per shard
 
@@ -90,7 +90,7 @@ def test_two_ranks_two_workers_read_every_document_once_per_epoch(tmp_path: Path
 def test_shard_formats_and_token_id_columns_read_the_same_documents(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    from xbench.corpus import DocReader
+    from xbench.engine.corpus import DocReader
 
     texts = [f"Doc {i}: Mia has {i + 2} apples." for i in range(7)]
     tok = load_tokenizer("llama3")
@@ -165,7 +165,7 @@ def test_two_rank_run_killed_mid_epoch_resumes_like_the_uninterrupted_run(tmp_pa
 
 
 def test_token_budget_ends_the_run_and_tokens_are_logged(tmp_path: Path) -> None:
-    from xbench.train import train
+    from xbench.engine.session import train
 
     over = _data_overrides(_corpus(tmp_path / "c"))
     over = [o for o in over if not o.startswith("data.num_workers")] + ["data.num_workers=0"]

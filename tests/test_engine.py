@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from engine_utils import cell_cfg, max_diff, run_module, state
 
+from xbench.engine.session import NonFiniteLoss, train
 from xbench.io import read_jsonl
-from xbench.train import NonFiniteLoss, train
 
 FAST = ["train.steps=2", "train.log_every=1", "data.seq_len=64", "world.n_train=200"]
 
@@ -163,7 +163,7 @@ def test_clear_errors(tmp_path: Path) -> None:
         _train(tmp_path, "empty", "cell=ce", "data.max_docs=0")
     with pytest.raises(ValueError, match=r"global_batch_size=6 is not divisible"):
         _train(tmp_path, "div", "cell=ce", "train.global_batch_size=6", "train.micro_batch_size=4")
-    from xbench.models import build_from_config, check_vocab, load_tokenizer
+    from xbench.engine.models import build_from_config, check_vocab, load_tokenizer
 
     tok = load_tokenizer("mini:grouped")
     small = build_from_config(
@@ -177,7 +177,7 @@ def test_clear_errors(tmp_path: Path) -> None:
         seed=0,
     )
     with pytest.raises(
-        ValueError, match=r"teachers\[0\]: the tokenizer has \d+ tokens but the model"
+        ValueError, match=r"teachers\[0\]: the model embedding has \d+ rows but the tokenizer"
     ):
         check_vocab(small, tok, "teachers[0]")
     assert not (tmp_path / "empty" / "checkpoints").exists()
@@ -202,8 +202,8 @@ def test_atomic_writes_get_normal_permissions(tmp_path: Path) -> None:
 
 
 def test_slow_tokenizer_with_offset_aligner_is_named() -> None:
-    from xbench.data import PairDataset, Side
-    from xbench.models import load_tokenizer
+    from xbench.engine.data import PairDataset, Side
+    from xbench.engine.models import load_tokenizer
 
     tok = load_tokenizer("mini:student")
 

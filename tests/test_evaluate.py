@@ -16,7 +16,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from xbench import evaluate as ev
+from xbench import sources
+from xbench.engine.models import check_vocab
+from xbench.evaluate import harness as ev
 from xbench.mini.corpus import make_problems, read_jsonl, write_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,9 +188,9 @@ def test_vocab_mismatch(tiny) -> None:
         ev.evaluate(small, tok, cfg)
     foreign = _tiny_llama(4096)
     with pytest.raises(ev.EvalConfigError, match="4096 rows"):
-        ev.check_vocab(foreign, tok)
+        ev.evaluate(foreign, tok, cfg)
     padded = _tiny_llama(512)
-    ev.check_vocab(padded, tok)  # padding to a multiple of 128 is normal
+    check_vocab(padded, tok, "model")  # padding up to the next multiple of 1024 is normal
 
 
 def test_missing_metric_is_named() -> None:
@@ -206,7 +208,7 @@ def test_offline_real_tasks_match_lm_eval_builtins() -> None:
     from lm_eval.tasks._yaml_loader import load_yaml
 
     builtin = Path(lm_eval.tasks.__file__).parent
-    ours = ev.TASKS_DIR / "offline_real"
+    ours = sources.TASKS_DIR / "offline_real"
     keys = [
         "output_type",
         "doc_to_text",
@@ -263,7 +265,7 @@ def test_cli_on_a_saved_checkpoint(tiny, tmp_path) -> None:
 
 def test_mini_scores_are_fractions() -> None:
     """lm-eval metrics are fractions; xbench.evaluate alone turns them into percent."""
-    from xbench.tasks.mini import utils
+    from xbench.mini.tasks import utils
 
     doc = {"question": "How many eggs does Tom have?", "answer": "Tom has 4517 eggs.\n#### 4517"}
     assert utils.process_answer(doc, [(math.log(0.25), False)]) == {"answer_prob": 0.25, "acc": 0.0}

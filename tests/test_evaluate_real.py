@@ -13,8 +13,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from xbench.evaluate import evaluate
-from xbench.hf_models import load_model
+from xbench.evaluate.harness import load_pretrained
+from xbench.evaluate.harness import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.real_assets
@@ -27,7 +27,7 @@ def offline_real(*overrides: str) -> dict:
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return load_model("smollm2")
+    return load_pretrained("smollm2")
 
 
 def test_smollm2_offline_real_smoke(smollm2, tmp_path) -> None:

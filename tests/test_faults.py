@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from engine_utils import REPO, cell_cfg
 
-from xbench import checkpoint
+from xbench.engine import checkpoint
+from xbench.engine.session import train
 from xbench.rundir import Locked, RunDir, lock
-from xbench.train import train
 
 RUN = [
     "cell=ce",
@@ -50,7 +50,7 @@ def test_truncated_newest_checkpoint_resumes_from_the_previous(
     assert [p.name for p in ckpts] == ["step_00000002.pt", "step_00000004.pt"]
     newest = ckpts[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn copy
-    with caplog.at_level(logging.WARNING, logger="xbench.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="xbench.engine.checkpoint"):
         summary = train(cell_cfg(*RUN, "train.steps=6"), work)
     assert summary["resumed_from"] == 2
     assert str(newest) in caplog.text and "unreadable" in caplog.text
@@ -69,7 +69,7 @@ def test_no_intact_checkpoint_starts_fresh(tmp_path: Path) -> None:
 def test_evaluate_takes_a_run_directory(
     run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    from xbench import evaluate
+    from xbench.evaluate import harness as evaluate
     from xbench.mini import world
 
     monkeypatch.chdir(tmp_path)
@@ -95,7 +95,7 @@ def test_evaluate_takes_a_run_directory(
 
 
 def _w(cache: Path):
-    from xbench.models import load_tokenizer
+    from xbench.engine.models import load_tokenizer
     from xbench.tokenpair.projection import load_or_build
 
     return load_or_build(

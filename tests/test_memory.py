@@ -10,9 +10,9 @@ import pytest
 import torch
 from engine_utils import cell_cfg, max_diff, run_module, state
 
-from xbench.memory import describe, param_count
-from xbench.models import build_from_config, resolve_dtype
-from xbench.train import train
+from xbench.engine.memory import describe, param_count
+from xbench.engine.models import build_from_config, resolve_dtype
+from xbench.engine.session import train
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -68,7 +68,7 @@ def test_teachers_default_to_bf16_on_a_gpu_only() -> None:
 
 
 def test_numeral_watch_equals_the_softmax_formula() -> None:
-    from xbench.metrics import numeral_stats
+    from xbench.engine.metrics import numeral_stats
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 9, 50, generator=g) * 3

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from xbench.tasks.mini import utils
+from xbench.mini.tasks import utils
 
 
 def test_answer_prob_is_a_fraction() -> None:

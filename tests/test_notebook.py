@@ -16,7 +16,7 @@ import pytest
 from fixtures.rundirs.synth import make_tiny_sweep
 from nbclient import NotebookClient
 
-from xbench import report
+from xbench.report import aggregate, build, common, load
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "alpha_and_rank.ipynb"
@@ -44,7 +44,7 @@ def test_notebook_executes_on_a_tiny_sweep(tmp_path: Path) -> None:
         tidy_csv = Path(real).resolve()
     else:
         root = make_tiny_sweep(tmp_path / "sweep", seeds=(0, 1))
-        tidy_csv = report.build_report(root, tmp_path / "report", figures=False)["tidy"]
+        tidy_csv = build.build_report(root, tmp_path / "report", figures=False)["tidy"]
     out_dir = tmp_path / "nb_out"
     nb = nbformat.read(NOTEBOOK, as_version=4)
     _inject(nb, tidy_csv=str(tidy_csv), out_dir=str(out_dir))
@@ -59,7 +59,7 @@ def test_notebook_executes_on_a_tiny_sweep(tmp_path: Path) -> None:
     )
     assert f"PREFIX={sys.prefix}" in text
     assert not [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
-    tidy = report.read_tidy(tidy_csv)
+    tidy = load.read_tidy(tidy_csv)
     expected = []
     if tidy["alpha"].nunique() > 1:
         expected.append("metric_vs_alpha")
@@ -81,19 +81,19 @@ def test_notebook_executes_on_a_tiny_sweep(tmp_path: Path) -> None:
 
 def test_tidy_csv_round_trip(tmp_path: Path) -> None:
     root = make_tiny_sweep(tmp_path / "sweep", seeds=(0,))
-    tidy = report.load_runs(root)
-    written = report.build_report(root, tmp_path / "r", figures=False)
-    again = report.read_tidy(written["tidy"])
-    assert report.leaderboard(again).equals(report.leaderboard(tidy))
-    curves = report.read_curves(written["curves"])
-    assert len(curves) == len(report.load_curves(root))
+    tidy = load.load_runs(root)
+    written = build.build_report(root, tmp_path / "r", figures=False)
+    again = load.read_tidy(written["tidy"])
+    assert aggregate.leaderboard(again).equals(aggregate.leaderboard(tidy))
+    curves = load.read_curves(written["curves"])
+    assert len(curves) == len(load.load_curves(root))
 
 
 @pytest.mark.parametrize("name", ["tidy.csv"])
 def test_read_tidy_rejects_other_tables(tmp_path: Path, name: str) -> None:
     (tmp_path / name).write_text("a,b\n1,2\n")
-    with pytest.raises(report.ReportError, match="not a tidy table"):
-        report.read_tidy(tmp_path / name)
+    with pytest.raises(common.ReportError, match="not a tidy table"):
+        load.read_tidy(tmp_path / name)
 
 
 def test_notebook_on_the_committed_mini_sweeps(tmp_path: Path) -> None:

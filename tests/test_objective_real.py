@@ -14,8 +14,8 @@ import pytest
 import torch
 from engine_utils import cell_cfg, max_diff, state
 
+from xbench.engine.session import train
 from xbench.io import read_jsonl
-from xbench.train import train
 
 EXP = "real_vocab_ci"
 _TOKS: dict[str, object] = {}
@@ -25,7 +25,7 @@ def _tokenizer(spec: str) -> object:
     """One real tokenizer object per name for the whole module: parsing a 150k-token tokenizer
     and hashing it cost seconds, and every later cache (fingerprint, canonical table) is keyed by
     the object, so each cell's setup then costs what its training does not."""
-    from xbench.models import load_tokenizer
+    from xbench.engine.models import load_tokenizer
 
     if spec not in _TOKS:
         _TOKS[spec] = load_tokenizer(spec)
@@ -34,11 +34,11 @@ def _tokenizer(spec: str) -> object:
 
 @pytest.fixture(autouse=True)
 def _shared_tokenizers(monkeypatch: pytest.MonkeyPatch) -> None:
-    import xbench.loop
-    import xbench.objective
+    import xbench.engine.loop
+    import xbench.engine.objective
 
-    monkeypatch.setattr(xbench.loop, "load_tokenizer", _tokenizer)
-    monkeypatch.setattr(xbench.objective, "load_tokenizer", _tokenizer)
+    monkeypatch.setattr(xbench.engine.loop, "load_tokenizer", _tokenizer)
+    monkeypatch.setattr(xbench.engine.objective, "load_tokenizer", _tokenizer)
 
 
 def _assets_present() -> str | None:
@@ -95,7 +95,7 @@ def test_every_method_trains_20_steps_at_real_vocabulary(tmp_path: Path, cell: s
 
 def _check_learned_w(run_dir: Path, cell: str) -> None:
     """Learned W rows stay on the simplex and on W's fixed sparsity pattern, and did move."""
-    from xbench.checkpoint import load_latest
+    from xbench.engine.checkpoint import load_latest
     from xbench.losses.pkl import LearnableProjection
     from xbench.tokenpair import projection
 

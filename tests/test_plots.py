@@ -9,13 +9,13 @@ import pytest
 from fixtures.rundirs.synth import TINY_TEACHERS, make_tiny_sweep
 from matplotlib.figure import Figure
 
-from xbench import plots, report
+from xbench.report import aggregate, build, common, load, plots
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     root = make_tiny_sweep(tmp_path_factory.mktemp("tiny"), seeds=(0, 1))
-    return root, report.leaderboard(report.load_runs(root)), report.load_curves(root)
+    return root, aggregate.leaderboard(load.load_runs(root)), load.load_curves(root)
 
 
 def _visible_axes(fig: Figure) -> int:
@@ -43,9 +43,9 @@ def test_failed_cell_is_written_on_the_bar_chart(tmp_path: Path) -> None:
             ["r0", "e", "s", "t", "gold", None, None, "xbench", 0, "x", "acc", 40.0, 1.0, "done"],
             ["r1", "e", "s", "t", "pkl", None, None, "xbench", 0, None, None, None, None, "failed"],
         ],
-        columns=report.TIDY_COLUMNS,
+        columns=common.TIDY_COLUMNS,
     )
-    fig = plots.plot_benchmarks(report.leaderboard(tidy))
+    fig = plots.plot_benchmarks(aggregate.leaderboard(tidy))
     assert "failed" in {t.get_text() for t in fig.axes[0].texts}
 
 
@@ -63,7 +63,7 @@ def test_save_and_build_report_figures(
     root, lb, _ = tiny
     png, svg = plots.save(plots.plot_metric_vs_rank(lb), tmp_path / "rank")
     assert png.read_bytes()[:4] == b"\x89PNG" and svg.read_text().lstrip().startswith("<?xml")
-    written = report.build_report(root, tmp_path / "out")
+    written = build.build_report(root, tmp_path / "out")
     names = {p.name for k, p in written.items() if k.startswith("fig_")}
     for stem in ("benchmarks", "delta_vs_gold", "metric_vs_alpha", "metric_vs_rank",
                  "loss_curves", "numeral_mass"):  # fmt: skip

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from fixtures.rundirs.synth import write_run
 
-from xbench import report
+from xbench.report import aggregate, build, common, load, render
 
 DELTA_COL = "delta_vs_gold"
 
@@ -54,8 +54,8 @@ def _row(lb: pd.DataFrame, teachers: str, method: str) -> pd.Series:
 
 
 def test_tidy_table_is_exact(sweep: Path) -> None:
-    tidy = report.load_runs(sweep)
-    assert list(tidy.columns) == report.TIDY_COLUMNS
+    tidy = load.load_runs(sweep)
+    assert list(tidy.columns) == common.TIDY_COLUMNS
     got = tidy.set_index(["run", "task"]).sort_index()
     assert len(got) == 3 * 2 + 2 * 2 + 1 + 1 + 2 + 1
     assert got.loc[("gold/s1", "mmlu"), "value"] == pytest.approx(42.0)
@@ -81,8 +81,8 @@ def test_tidy_table_is_exact(sweep: Path) -> None:
 
 
 def test_leaderboard_means_cis_and_delta(sweep: Path) -> None:
-    lb = report.leaderboard(report.load_runs(sweep))
-    assert report.leaderboard_tasks(lb) == ["mmlu", "gsm8k", "avg"]
+    lb = aggregate.leaderboard(load.load_runs(sweep))
+    assert aggregate.leaderboard_tasks(lb) == ["mmlu", "gsm8k", "avg"]
     gold = _row(lb, "qwen3-4b", "gold")
     # mmlu 40, 42, 44: mean 42, sd 2; gsm8k 2, 3, 4: mean 3, sd 1; per-run avgs 21, 22.5, 24.
     assert gold["mmlu"] == pytest.approx(42.0)
@@ -102,7 +102,7 @@ def test_leaderboard_means_cis_and_delta(sweep: Path) -> None:
 
 
 def test_missing_failed_partial_cells(sweep: Path) -> None:
-    lb = report.leaderboard(report.load_runs(sweep))
+    lb = aggregate.leaderboard(load.load_runs(sweep))
     hkl = _row(lb, "qwen3-4b", "hkl")
     assert hkl["mmlu"] == pytest.approx(50.0) and math.isnan(hkl["mmlu_ci95"])  # one seed: no CI
     assert (hkl["mmlu_status"], hkl["gsm8k_status"], hkl["avg_status"]) == (
@@ -117,7 +117,7 @@ def test_missing_failed_partial_cells(sweep: Path) -> None:
     assert ce["mmlu_status"] == "partial" and ce["mmlu_n"] == 1 and ce["n_runs"] == 2
     assert ce["avg"] == pytest.approx(25.5) and math.isnan(ce["delta_vs_gold"])  # no GOLD row
 
-    md = report.format_markdown(lb)
+    md = render.format_markdown(lb)
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     lines = {" ".join(c.strip() for c in row.strip("|").split("|")[:2]): row for row in rows}
     assert "| 50.00 | missing | missing | n/a |" in lines["qwen3-4b hkl"].replace("**", "")
@@ -128,13 +128,13 @@ def test_missing_failed_partial_cells(sweep: Path) -> None:
     assert f"**16.00 ± {T1:.2f}**" in lines["qwen3-4b pkl"]
     assert "**+8.50**" in lines["qwen3-4b pkl"]
     assert f"42.00 ± {T2 * 2 / math.sqrt(3):.2f}" in lines["qwen3-4b gold"]
-    tex = report.format_latex(lb)
+    tex = render.format_latex(lb)
     assert r"\textbf{50.00}" in tex and r"$\pm$" in tex and "failed" in tex and "missing" in tex
 
 
 def test_build_report_writes_everything(sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    written = report.build_report(sweep, out, figures=False)
+    written = build.build_report(sweep, out, figures=False)
     for key in ("tidy", "leaderboard_md", "leaderboard_csv", "leaderboard_tex", "comparison"):
         assert written[key].is_file(), key
     assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporary files
@@ -151,7 +151,7 @@ def test_build_report_writes_everything(sweep: Path, tmp_path: Path) -> None:
 
 
 def test_reference_averages_and_headline_deltas(tmp_path: Path) -> None:
-    written = report.build_report(REPO / "results" / "reference", tmp_path, figures=False)
+    written = build.build_report(REPO / "results" / "reference", tmp_path, figures=False)
     check = pd.read_csv(written["reference_check"])
     assert len(check) == 12 and check["matches"].all()
     cl = pd.read_csv(written["claims"], dtype={"claim": str}).set_index("claim")
@@ -183,25 +183,25 @@ def test_cli_prints_reference_leaderboard(tmp_path: Path) -> None:
 def test_errors_are_one_clear_sentence(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(report.ReportError, match="No run directories"):
-        report.load_runs(empty)
+    with pytest.raises(common.ReportError, match="No run directories"):
+        load.load_runs(empty)
     bad = write_run(tmp_path / "b", "r", teachers=["t"], method="gold", seed=0, scores=None)
     meta = json.loads((bad / "meta.json").read_text())
     del meta["cell"]["method"]
     (bad / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(report.ReportError, match=r"meta\.json is missing the field 'cell\.method'"):
-        report.load_runs(tmp_path / "b")
+    with pytest.raises(common.ReportError, match=r"meta\.json is missing the field 'cell\.method'"):
+        load.load_runs(tmp_path / "b")
     (bad / "meta.json").write_text("{not json")
-    with pytest.raises(report.ReportError, match=r"meta\.json is not valid JSON"):
-        report.load_runs(tmp_path / "b")
+    with pytest.raises(common.ReportError, match=r"meta\.json is not valid JSON"):
+        load.load_runs(tmp_path / "b")
     scaled = write_run(
         tmp_path / "c", "r", teachers=["t"], method="gold", seed=0, scores={"x": 4.2}
     )
     with pytest.raises(
-        report.ReportError, match=r"'tasks\.x\.value' = 420\.0 is outside \[0, 100\]"
+        common.ReportError, match=r"'tasks\.x\.value' = 420\.0 is outside \[0, 100\]"
     ):
-        report.load_runs(scaled)
-    assert report.main([str(empty)]) == 2
+        load.load_runs(scaled)
+    assert build.main([str(empty)]) == 2
 
 
 def test_curves_table(tmp_path: Path) -> None:
@@ -213,8 +213,8 @@ def test_curves_table(tmp_path: Path) -> None:
                     metrics=metrics)  # fmt: skip
     with (run / "metrics.jsonl").open("a") as fh:
         fh.write('{"step": 20, "train/lo')  # a job killed mid-append
-    curves = report.load_curves(tmp_path)
-    assert list(curves.columns) == report.CURVE_COLUMNS
+    curves = load.load_curves(tmp_path)
+    assert list(curves.columns) == common.CURVE_COLUMNS
     assert len(curves) == 4 and set(curves["key"]) == {"train/loss", "train/numeral_mass"}
     assert set(curves["teachers"]) == {"a+b"} and set(curves["method"]) == {"hkl+kd"}
     loss = curves[curves["key"] == "train/loss"].sort_values("step")
@@ -222,8 +222,8 @@ def test_curves_table(tmp_path: Path) -> None:
 
 
 def test_t_ci95() -> None:
-    assert report.t_ci95([5.0]) == (5.0, pytest.approx(float("nan"), nan_ok=True), 1)
-    mean, half, n = report.t_ci95([1.0, 2.0, 3.0])
+    assert aggregate.t_ci95([5.0]) == (5.0, pytest.approx(float("nan"), nan_ok=True), 1)
+    mean, half, n = aggregate.t_ci95([1.0, 2.0, 3.0])
     assert (mean, n) == (2.0, 3) and half == pytest.approx(T2 / math.sqrt(3))
 
 
@@ -231,7 +231,7 @@ def test_wandb_table_offline(sweep: Path, tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    report.build_report(sweep, tmp_path / "out", figures=False, use_wandb=True)
+    build.build_report(sweep, tmp_path / "out", figures=False, use_wandb=True)
     assert list((tmp_path / "wandb").glob("offline-run-*"))
 
 
@@ -242,9 +242,9 @@ def test_semantics_preset_is_a_column_and_mixed_presets_are_flagged(tmp_path: Pa
             score = {"mmlu": m + (0.02 if name == "pkl" else 0)}
             write_run(tmp_path, f"{sem}/{name}", teachers=q, method=name, seed=0, scores=score,
                       semantics=sem)  # fmt: skip
-    tidy = report.load_runs(tmp_path)
+    tidy = load.load_runs(tmp_path)
     assert set(tidy["semantics"]) == {"authors", "xbench"}
-    lb = report.leaderboard(tidy)
+    lb = aggregate.leaderboard(tidy)
     assert len(lb) == 4  # one row per (method, preset): presets are never averaged together
     # Delta vs GOLD compares within one preset: +2 points in both.
     delta = {(r["semantics"], r["method"]): r[DELTA_COL] for _, r in lb.iterrows()}
@@ -252,13 +252,13 @@ def test_semantics_preset_is_a_column_and_mixed_presets_are_flagged(tmp_path: Pa
         {("authors", "gold"): 0.0, ("authors", "pkl"): 2.0, ("xbench", "gold"): 0.0,
          ("xbench", "pkl"): 2.0}
     )  # fmt: skip
-    md = report.format_markdown(lb)
+    md = render.format_markdown(lb)
     assert "| teachers | method | semantics | seeds |" in md
     assert "WARNING: rows use different loss formulas (kd.semantics: authors, xbench)" in md
     assert "| - |" not in md  # "-" only marks rows without a teacher
-    one = report.format_markdown(report.leaderboard(tidy[tidy["semantics"] == "authors"]))
+    one = render.format_markdown(aggregate.leaderboard(tidy[tidy["semantics"] == "authors"]))
     assert "WARNING" not in one and "authors" in one
     # Tables written before the column existed still read back (semantics empty).
     old = tmp_path / "old_tidy.csv"
     tidy.drop(columns=["semantics"]).to_csv(old, index=False)
-    assert report.read_tidy(old)["semantics"].isna().all()
+    assert load.read_tidy(old)["semantics"].isna().all()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fixtures.rundirs.synth import write_run
 
-from xbench import report
+from xbench.report import aggregate, build, load
 
 # Per-seed exact match (fractions) of three cells; the probe is deliberately far larger, so an
 # avg that included it would show.
@@ -48,12 +48,12 @@ def sweep(tmp_path: Path) -> Path:
 
 
 def test_breakdown_rows_and_headline_avg(sweep: Path) -> None:
-    tidy = report.load_runs(sweep)
+    tidy = load.load_runs(sweep)
     ce0 = tidy[tidy["run"] == "ce/s0"].set_index("task")["value"]
     assert ce0["mini_arith@len4"] == pytest.approx(100 * 0.30 * 4 / 2.5)
     assert "mini_arith@len1" in ce0 and ce0["mini_arith@len1"] != 99.0  # strict-match only
-    lb = report.leaderboard(tidy)
-    cols = report.leaderboard_tasks(lb)
+    lb = aggregate.leaderboard(tidy)
+    cols = aggregate.leaderboard_tasks(lb)
     # Headline first, its length classes beside it, the probe after, the avg last.
     assert cols == ["mini_arith", *(f"mini_arith@len{k}" for k in (1, 2, 3, 4)), "mini_answer",
                     "avg"]  # fmt: skip
@@ -68,12 +68,12 @@ def test_breakdown_rows_and_headline_avg(sweep: Path) -> None:
 
 
 def test_paired_orderings(sweep: Path) -> None:
-    paired = report.paired_orderings(report.load_runs(sweep))
+    paired = aggregate.paired_orderings(load.load_runs(sweep))
     avg = paired[paired["task"] == "avg"].set_index("ordering")
     # Only the orderings whose two sides exist: GOLD-A < CE and CE < P-KL-A.
     assert sorted(avg.index) == ["CE < P-KL-A", "GOLD-A < CE"]
     d = 100 * (np.array(EM["ce"]) - np.array(EM["gold"]))  # seed by seed
-    mean, half, _ = report.t_ci95(d)
+    mean, half, _ = aggregate.t_ci95(d)
     row = avg.loc["GOLD-A < CE"]
     assert (row["n"], row["delta"], row["ci95"]) == (3, pytest.approx(mean), pytest.approx(half))
     assert row["lower"] == "mini-a gold" and row["upper"] == "none ce"
@@ -86,7 +86,7 @@ def test_paired_orderings(sweep: Path) -> None:
 
 
 def test_report_writes_the_orderings(sweep: Path, tmp_path: Path) -> None:
-    written = report.build_report(sweep, tmp_path / "out", figures=False)
+    written = build.build_report(sweep, tmp_path / "out", figures=False)
     md = written["leaderboard_md"].read_text()
     assert "The paper's orderings, paired over seeds" in md
     assert "| GOLD-A < CE | avg | mini-a gold | none ce | 3 |" in md
@@ -94,10 +94,10 @@ def test_report_writes_the_orderings(sweep: Path, tmp_path: Path) -> None:
 
 
 def test_numeral_mass_at_the_last_step(sweep: Path, tmp_path: Path) -> None:
-    mass = report.last_step_values(report.load_curves(sweep), "train/numeral_mass")
+    mass = aggregate.last_step_values(load.load_curves(sweep), "train/numeral_mass")
     gold = mass[mass["method"] == "gold"].iloc[0]
     assert (gold["n"], gold["mean"]) == (3, pytest.approx(0.03))  # 0.02, 0.03, 0.04
-    assert gold["ci95"] == pytest.approx(report.t_ci95([0.02, 0.03, 0.04])[1])
+    assert gold["ci95"] == pytest.approx(aggregate.t_ci95([0.02, 0.03, 0.04])[1])
     assert list(mass["method"]) == ["ce", "gold", "pkl"]  # Table 1 order
-    md = report.build_report(sweep, tmp_path / "o", figures=False)["leaderboard_md"].read_text()
+    md = build.build_report(sweep, tmp_path / "o", figures=False)["leaderboard_md"].read_text()
     assert "| mini-A | gold | 3 | 0.030 ± 0.025 |" in md

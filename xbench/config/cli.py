@@ -18,9 +18,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from xbench.config.validate import ConfigError, UserError
+from xbench import CONF_DIR, sources
+from xbench.config.validate import ConfigError, UserError, plain_job
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = CONF_DIR
 EXIT_USAGE = 2
 
 
@@ -146,29 +147,14 @@ def sweep_configs(overrides: list[str]) -> list[dict[str, Any]]:
         o.type == OverrideType.CHANGE and not (CONF / o.key_or_group).is_dir() for o in swept
     )
     if not simple:
-        return [_plain_job(compose("sweep", job, hydra_cfg=True)) for job in jobs]
-    plain = _plain_job(base)
+        return [plain_job(compose("sweep", job, hydra_cfg=True)) for job in jobs]
+    plain = plain_job(base)
     out = []
     for job in jobs:
         cfg = copy.deepcopy(plain)
         for o in parser.parse_overrides(job[len(fixed) :]):
             _set(cfg, o.key_or_group, o.value())
         out.append(cfg)
-    return out
-
-
-def _plain_job(cfg: DictConfig) -> dict[str, Any]:
-    """``cfg`` resolved to plain containers, except ``hydra`` (only the launcher target kept)."""
-    out = {
-        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-        for k, v in ((k, cfg[k]) for k in cfg if k != "hydra")
-    }
-    hydra = cfg.get("hydra")
-    if hydra is not None:
-        out["hydra"] = {
-            "launcher": {"_target_": OmegaConf.select(hydra, "launcher._target_", default="")},
-            "sweep": {"dir": str(OmegaConf.select(cfg, "hydra.sweep.dir"))},
-        }
     return out
 
 
@@ -211,9 +197,8 @@ def _names(group: str) -> list[str]:
 
 def catalogue(*, experiments: bool = True) -> str:
     """What a user can name: experiments and their cells, methods, assets, eval suites."""
-    from xbench.assets import OFFLINE_TOKENIZERS
+    from xbench.assets import OFFLINE_MODELS, OFFLINE_TOKENIZERS
     from xbench.config.schema import KD_METHODS
-    from xbench.hf_models import OFFLINE_MODELS
 
     lines = []
     if experiments:
@@ -233,7 +218,8 @@ def catalogue(*, experiments: bool = True) -> str:
         f"students (student=NAME): {', '.join(_names('student'))}",
         f"teachers (- /teacher@zoo.NAME: FILE): {', '.join(_names('teacher'))}",
         f"offline tokenizer assets: {', '.join(OFFLINE_TOKENIZERS)}; offline models: "
-        f"{', '.join(OFFLINE_MODELS)}; the miniature world: mini:ROLE / mini:KIND",
+        f"{', '.join(OFFLINE_MODELS)}; plug-in sources: "
+        + ", ".join(f"{s}:NAME" for s in sources.plugins()),
         "eval suites (eval=NAME in a cell, --config-name NAME for xbench.evaluate) and tasks:",
         *suites,
         "XBENCH_DEBUG=1 prints the full traceback of an error.",

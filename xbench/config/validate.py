@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from xbench import sources
 from xbench.config.schema import (
     CELL_GROUPS,
     KD_METHODS,
@@ -26,10 +27,9 @@ from xbench.config.schema import (
     ModelSpec,
     PairConf,
 )
+from xbench.io import plain
 
 __all__ = ["ConfigError", "UserError", "validate", "validate_eval", "validate_pair"]
-
-_TASKS_ROOT = Path(__file__).resolve().parents[1] / "tasks"
 
 
 class ConfigError(ValueError):
@@ -49,12 +49,19 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value).replace("'", "")
 
 
-def _plain(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(cfg, DictConfig):
-        out = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-        assert isinstance(out, dict)
-        return out
-    return dict(cfg)
+def plain_job(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` resolved to plain containers, except ``hydra`` (only the launcher target kept)."""
+    out = {
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        for k, v in ((k, cfg[k]) for k in cfg if k != "hydra")
+    }
+    hydra = cfg.get("hydra")
+    if hydra is not None:
+        out["hydra"] = {
+            "launcher": {"_target_": OmegaConf.select(hydra, "launcher._target_", default="")},
+            "sweep": {"dir": str(OmegaConf.select(cfg, "hydra.sweep.dir"))},
+        }
+    return out
 
 
 # --------------------------------------------------------------------------- one field
@@ -173,18 +180,15 @@ def check_source(path: str, value: str, kind: str, *, check_hub: bool) -> None:
         return
     if not check_hub:
         return  # a plan describes another machine (a cluster): nothing here to look up
-    from xbench.assets import OFFLINE_TOKENIZERS
-    from xbench.hf_models import OFFLINE_MODELS
+    from xbench.assets import OFFLINE_MODELS, OFFLINE_TOKENIZERS
 
-    if value.startswith("mini:"):
-        from xbench.mini.tokenizers import KINDS
-        from xbench.mini.world import ROLES
-
-        known = sorted(ROLES) if kind == "model" else sorted({*KINDS, *ROLES})
-        if value.split(":", 1)[1] not in known:
-            raise ConfigError(
-                path, f"{path}={value!r}: the miniature world has mini:{', mini:'.join(known)}."
-            )
+    plugin, name = sources.split(value)
+    if plugin is not None:
+        known = plugin.names(kind)
+        if name not in known:
+            s = plugin.scheme
+            names = ", ".join(f"{s}:{n}" for n in known)
+            raise ConfigError(path, f"{path}={value!r}: the {s} plug-in has {names}.")
         return
     assets = OFFLINE_MODELS if kind == "model" else OFFLINE_TOKENIZERS
     if value in assets:
@@ -215,12 +219,12 @@ def _local_tasks(include: Any, p: str) -> set[str] | None:
         folder = str(folder)
         if folder.startswith("lm_eval:"):
             return None  # lm-eval's own task folders: it resolves them itself
-        root = Path(folder) if Path(folder).is_absolute() else _TASKS_ROOT / folder
+        root = sources.task_folder(folder)
         if not root.is_dir():
             raise ConfigError(
                 f"{p}task_include",
-                f"{p}task_include={folder!r}: no such task folder (under xbench/tasks or "
-                "absolute); fix the name.",
+                f"{p}task_include={folder!r}: no such task folder (xbench/evaluate/tasks, a "
+                "plug-in's, or absolute); fix the name.",
             )
         for y in root.rglob("*.yaml"):
             for line in y.read_text(encoding="utf-8").splitlines():
@@ -272,9 +276,7 @@ def validate(
             are cheap, while the machine checks import torch).
     """
     if isinstance(cfg, DictConfig):
-        from xbench.config.cli import _plain_job
-
-        cfg = _plain_job(cfg)
+        cfg = plain_job(cfg)
     launcher = str(((cfg.get("hydra") or {}).get("launcher") or {}).get("_target_") or "")
     c = {k: v for k, v in cfg.items() if k != "hydra"}
     check_group("", c, CellConf)
@@ -332,18 +334,9 @@ def validate(
             "data.detokenizer",
             "data.ids_field needs data.detokenizer (gpt2, or a tokenizer spec such as llama3).",
         )
-    n_test = (c.get("world") or {}).get("n_test")
-    if n_test is not None:
-        from xbench.mini.corpus import MAX_DIGITS, N_TEST_MAX
-
-        if not isinstance(n_test, int) or n_test % MAX_DIGITS or not 0 < n_test <= N_TEST_MAX:
-            near = min(N_TEST_MAX, MAX_DIGITS * max(1, int(n_test or 0) // MAX_DIGITS))
-            raise ConfigError(
-                "world.n_test",
-                f"world.n_test={n_test!r}: the miniature test split is stratified by answer "
-                f"length, so it needs a multiple of {MAX_DIGITS} from {MAX_DIGITS} to "
-                f"{N_TEST_MAX}; set e.g. world.n_test={near}.",
-            )
+    for plugin in sources.plugins().values():  # the keys a plug-in owns (e.g. world.*)
+        for field_path, sentence in plugin.validate(c) if plugin.validate else []:
+            raise ConfigError(field_path, sentence)
     _check_kd_rules(c, spec)
     if machine:
         _check_machine(c, spec, launcher, plan)
@@ -444,7 +437,7 @@ def _check_cell(c: dict[str, Any]) -> dict[str, Any]:
 
 def validate_eval(cfg: DictConfig | dict[str, Any], *, need_model: bool = True) -> None:
     """Check a ``python -m xbench.evaluate`` config (a suite of conf/eval plus overrides)."""
-    c = _plain(cfg)
+    c = plain(cfg)
     c.pop("hydra", None)
     _check_eval("", c)
     if need_model:
@@ -464,7 +457,7 @@ def validate_eval(cfg: DictConfig | dict[str, Any], *, need_model: bool = True) 
 
 def validate_pair(cfg: DictConfig | dict[str, Any]) -> None:
     """Check a ``python -m xbench.pair`` config (conf/pair.yaml plus overrides)."""
-    c = _plain(cfg)
+    c = plain(cfg)
     c.pop("hydra", None)
     for f in dataclasses.fields(PairConf):
         if f.name not in c:

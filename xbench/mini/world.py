@@ -20,7 +20,6 @@ import fcntl
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from xbench.assets import cache_dir
 from xbench.io import write_json
 from xbench.mini import corpus
 from xbench.mini.tokenizers import load_or_train
@@ -100,8 +100,7 @@ def world_hash() -> str:
 
 
 def world_dir() -> Path:
-    root = Path(os.environ.get("XBENCH_CACHE", Path.home() / ".cache" / "xbench"))
-    return root / "mini" / world_hash()
+    return cache_dir() / "mini" / world_hash()
 
 
 @contextlib.contextmanager
@@ -153,7 +152,7 @@ def mini_tokenizer(kind: str) -> PreTrainedTokenizerFast:
 
 def _pretrain(role: str, out: Path) -> None:
     """Next-token CE pre-training of one mini model; saved atomically with its log."""
-    from xbench.data import pack
+    from xbench.engine.data import pack
 
     tok = mini_tokenizer(role)
     spec = dict(_WORLD["teacher" if role.startswith("teacher") else "student"])

@@ -5,10 +5,11 @@ Split out of ``xbench.report``; that module re-exports everything here.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from xbench import REFERENCE_DIR
 
 TIDY_COLUMNS = [
     "run",
@@ -44,7 +45,7 @@ PROBE_METRICS = ("answer_prob",)
 BENCHMARK_ORDER = ("mmlu", "gsm8k", "math", "winogrande", "hellaswag")
 METHOD_ORDER = ("base", "ce", "kd", "uld", "gold", "pkl", "hkl", "xtoken")
 PAPER_EXPERIMENT = "llama1b_vs_gold"
-REFERENCE_CSV = Path(__file__).resolve().parents[2] / "results" / "reference" / "xtoken_table1.csv"
+REFERENCE_CSV = REFERENCE_DIR / "xtoken_table1.csv"
 REFERENCE_STUDENT = "llama-3.2-1b"
 # lm-eval task names that stand for a paper column.
 TASK_ALIASES = {"minerva_math": "math", "hendrycks_math": "math", "mmlu_flan": "mmlu"}
@@ -69,7 +70,7 @@ class ReportError(ValueError):
     """A bad input to the report, described in one sentence."""
 
 
-def _fmt_axis(v: Any) -> str:
+def fmt_axis(v: Any) -> str:
     if pd.isna(v):
         return "–"
     return f"{int(v)}" if float(v).is_integer() else f"{v:g}"

@@ -17,8 +17,8 @@ Conventions (recorded here because the contract leaves them open):
   when one of its runs failed and ``missing`` otherwise; a cell with fewer values than runs is
   ``partial`` and shows ``(k/n)``.
 
-The implementation lives in ``xbench.reporting`` (``load``, ``aggregate``, ``render``); this module
-is the entry point and re-exports their public names.
+The implementation lives beside this module (``load``, ``aggregate``, ``render``, ``plots``);
+this module builds a report from them and is ``python -m xbench.report``'s entry point.
 """
 
 from __future__ import annotations
@@ -31,54 +31,29 @@ from pathlib import Path
 import pandas as pd
 
 from xbench.io import atomic_path, write_text
-from xbench.reporting.aggregate import (
-    LLAMA3B,
-    PAPER_CLAIMS,
-    PAPER_ORDERINGS,
-    PHI,
-    QWEN,
-    Claim,
-    Ordering,
-    axis_conclusions,
-    canon_model,
+from xbench.report.aggregate import (
     check_reference_averages,
     claims,
     compare_reference,
-    deltas_vs_gold,
     last_step_values,
     leaderboard,
-    leaderboard_tasks,
     paired_orderings,
     summarize_axis,
-    t_ci95,
-    tasks_of,
 )
-from xbench.reporting.common import (
-    AVG,
-    BENCHMARK_ORDER,
+from xbench.report.common import (
     CURVE_COLUMNS,
     DELTA,
-    KEY_COLUMNS,
-    METHOD_ORDER,
-    MODEL_ALIASES,
-    NO_TEACHER,
     PAPER_EXPERIMENT,
     REFERENCE_CSV,
-    REFERENCE_STUDENT,
-    STATUSES,
-    TASK_ALIASES,
-    TIDY_COLUMNS,
     ReportError,
 )
-from xbench.reporting.load import (
+from xbench.report.load import (
     find_run_dirs,
     load_curves,
     load_reference,
     load_runs,
-    read_curves,
-    read_tidy,
 )
-from xbench.reporting.render import (
+from xbench.report.render import (
     format_claims,
     format_comparison,
     format_last_values,
@@ -87,57 +62,7 @@ from xbench.reporting.render import (
     format_paired,
 )
 
-__all__ = [
-    "AVG",
-    "BENCHMARK_ORDER",
-    "CURVE_COLUMNS",
-    "DELTA",
-    "KEY_COLUMNS",
-    "LLAMA3B",
-    "METHOD_ORDER",
-    "MODEL_ALIASES",
-    "NO_TEACHER",
-    "PAPER_CLAIMS",
-    "PAPER_EXPERIMENT",
-    "PAPER_ORDERINGS",
-    "PHI",
-    "QWEN",
-    "REFERENCE_CSV",
-    "REFERENCE_STUDENT",
-    "STATUSES",
-    "TASK_ALIASES",
-    "TIDY_COLUMNS",
-    "Claim",
-    "Ordering",
-    "ReportError",
-    "axis_conclusions",
-    "build_report",
-    "canon_model",
-    "check_reference_averages",
-    "claims",
-    "compare_reference",
-    "deltas_vs_gold",
-    "find_run_dirs",
-    "format_claims",
-    "format_comparison",
-    "format_last_values",
-    "format_latex",
-    "format_markdown",
-    "format_paired",
-    "last_step_values",
-    "leaderboard",
-    "leaderboard_tasks",
-    "load_curves",
-    "load_reference",
-    "load_runs",
-    "main",
-    "paired_orderings",
-    "read_curves",
-    "read_tidy",
-    "summarize_axis",
-    "t_ci95",
-    "tasks_of",
-]
+__all__ = ["build_report", "main"]
 
 
 # ----------------------------------------------------------------------------- building
@@ -160,7 +85,7 @@ def _problems(tidy: pd.DataFrame) -> str:
 
 
 def _figures(lb: pd.DataFrame, curves: pd.DataFrame, fig_dir: Path) -> dict[str, Path]:
-    from xbench import plots  # matplotlib is only needed when figures are written
+    from xbench.report import plots  # matplotlib is only needed when figures are written
 
     figs = {"benchmarks": lambda: plots.plot_benchmarks(lb)}
     if lb[DELTA].notna().any() and (lb["method"] != "gold").any():
@@ -321,7 +246,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         ok = bool(pd.read_csv(written["claims"])["matches"].all())
         ok &= bool(pd.read_csv(written["reference_check"])["matches"].all())
     return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

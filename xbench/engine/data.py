@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
+from xbench import sources
 from xbench.tokenpair.align import align as align_pair
 from xbench.tokenpair.align import collate_alignments
 
@@ -26,22 +27,21 @@ from xbench.tokenpair.align import collate_alignments
 def load_texts(cfg: DictConfig) -> list[str]:
     """The training corpus named by ``cfg`` (the ``data`` config group).
 
-    ``source``: ``mini`` (the miniature world's train split) or ``jsonl`` (``path``, one object a
-    line, ``text_field`` or GSM8K-style ``question``/``answer``): small corpora held in memory.
-    Pre-training corpora (``shards``, ``hf``) stream through :mod:`xbench.corpus` instead.
+    ``source``: a plug-in's scheme (``mini``: the miniature world's train split, through
+    :mod:`xbench.sources`) or ``jsonl`` (``path``, one object a line, ``text_field`` or
+    GSM8K-style ``question``/``answer``): small corpora held in memory. Pre-training corpora
+    (``shards``, ``hf``) stream through :mod:`xbench.engine.corpus` instead.
     """
     src = cfg.source
-    if src == "mini":
-        from xbench.mini.world import train_texts
-
-        texts = train_texts()
-    elif src == "jsonl":
+    texts = sources.corpus(src, cfg)
+    if texts is None and src == "jsonl":
         path = Path(cfg.path)
         if not path.exists():
             raise FileNotFoundError(f"data.path {path} does not exist; point it at a JSONL file.")
         texts = [_doc_text(json.loads(line), cfg) for line in path.read_text().splitlines() if line]
-    else:
-        raise ValueError(f"data.source must be one of mini, jsonl, shards, hf; got {src!r}.")
+    elif texts is None:
+        known = ", ".join([*sources.plugins(), "jsonl", "shards", "hf"])
+        raise ValueError(f"data.source must be one of {known}; got {src!r}.")
     texts = [t for t in texts if t.strip()]
     if cfg.get("max_docs") is not None:
         texts = texts[: int(cfg.max_docs)]
@@ -200,7 +200,7 @@ class Collator:
             counts[f"t{k}"] = int(al.chunk_mask.sum())
         batch["teachers"] = teachers
         batch["counts"] = counts
-        if "position" in items[0]:  # a streamed corpus (xbench.corpus): where the batch ends
+        if "position" in items[0]:  # a streamed corpus (xbench.engine.corpus): where the batch ends
             batch["position"] = items[-1]["position"]
             batch["docs"] = [d for it in items for d in it["docs"]]
         return batch

@@ -16,13 +16,13 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from xbench import checkpoint, distributed
-from xbench.corpus import STREAMING_SOURCES, StreamingCorpus, StreamState
-from xbench.data import Collator, PairDataset, Side, StepBatches, load_texts, pack
-from xbench.memory import use_checkpointing
-from xbench.metrics import numeral_ids, numeral_stats
-from xbench.models import load_model, load_tokenizer
-from xbench.objective import Objective, build_teachers, is_mean_key
+from xbench.engine import checkpoint, distributed
+from xbench.engine.corpus import STREAMING_SOURCES, StreamingCorpus, StreamState
+from xbench.engine.data import Collator, PairDataset, Side, StepBatches, load_texts, pack
+from xbench.engine.memory import use_checkpointing
+from xbench.engine.metrics import numeral_ids, numeral_stats
+from xbench.engine.models import load_model, load_tokenizer
+from xbench.engine.objective import Objective, build_teachers, is_mean_key
 from xbench.tokenpair.canon import canonical_vocab
 
 
@@ -276,7 +276,7 @@ def build_session(cfg: DictConfig) -> Session:
     )
     if use_checkpointing(cfg):
         # Keep only each decoder layer's input and recompute the rest in backward: about a
-        # third more compute for a fraction of the activation memory (xbench.memory).
+        # third more compute for a fraction of the activation memory (xbench.engine.memory).
         student.config.use_cache = False
         student.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}

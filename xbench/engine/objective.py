@@ -24,7 +24,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from xbench import distributed
+from xbench.engine import distributed
+from xbench.engine.models import head_size, load_model, load_tokenizer
+from xbench.engine.teachers import TeacherRunner
 from xbench.losses import get as get_loss
 from xbench.losses.base import LossOutput
 from xbench.losses.combine import (
@@ -37,8 +39,6 @@ from xbench.losses.combine import (
 from xbench.losses.options import check_kd_options, effective_kd, hybrid_beta
 from xbench.losses.pkl import LearnableProjection
 from xbench.losses.presets import exact_pairs_from_w, loss_kwargs
-from xbench.models import head_size, load_model, load_tokenizer
-from xbench.teacher import TeacherRunner
 from xbench.tokenpair import projection as proj_mod
 
 # kd.kl (config vocabulary) -> the kd loss's divergence name.

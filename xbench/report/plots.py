@@ -1,7 +1,7 @@
 """Figures of the report: every function takes a DataFrame and returns a matplotlib Figure.
 
-Inputs are the tables of ``xbench.report``: a leaderboard (``report.leaderboard``) for the result
-figures, a curves table (``report.load_curves``) for the training figures. Figures are built with
+Inputs are the tables of ``xbench.report``: a leaderboard (``aggregate.leaderboard``) for the result
+figures, a curves table (``load.load_curves``) for the training figures. Figures are built with
 ``matplotlib.figure.Figure`` directly, not pyplot, so no global figure state leaks between calls
 and no GUI backend is needed.
 """
@@ -18,8 +18,8 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from xbench import report
 from xbench.io import atomic_path
+from xbench.report import aggregate, common, load
 
 NUMERAL_MASS = "train/numeral_mass"
 
@@ -63,7 +63,7 @@ def plot_benchmarks(lb: pd.DataFrame, tasks: list[str] | None = None) -> Figure:
             where its bar would be, so it is not silently absent.
         tasks: Columns to show (default: every benchmark and ``avg``).
     """
-    tasks = tasks or report.leaderboard_tasks(lb)
+    tasks = tasks or aggregate.leaderboard_tasks(lb)
     teachers = list(dict.fromkeys(lb["teachers"]))
     labels = list(dict.fromkeys(_label(r) for _, r in lb.iterrows()))
     color = dict(zip(labels, _colors(len(labels)), strict=True))
@@ -108,7 +108,7 @@ def _legend(fig: Figure, axes: list[Axes]) -> None:
 
 def plot_delta_vs_gold(lb: pd.DataFrame) -> Figure:
     """Delta of every non-GOLD row against GOLD with the same teacher(s), per benchmark and avg."""
-    deltas = report.deltas_vs_gold(lb)
+    deltas = aggregate.deltas_vs_gold(lb)
     if deltas.empty:
         raise ValueError("No leaderboard row has a GOLD row with the same teacher(s) to compare.")
     tasks = list(dict.fromkeys(deltas["task"]))
@@ -172,12 +172,12 @@ def _plot_axis(lb: pd.DataFrame, axis: str, task: str) -> Figure:
     return fig
 
 
-def plot_metric_vs_alpha(lb: pd.DataFrame, task: str = report.AVG) -> Figure:
+def plot_metric_vs_alpha(lb: pd.DataFrame, task: str = common.AVG) -> Figure:
     """Metric (default the average) against alpha, per teacher; error bars are 95% CIs."""
     return _plot_axis(lb, "alpha", task)
 
 
-def plot_metric_vs_rank(lb: pd.DataFrame, task: str = report.AVG) -> Figure:
+def plot_metric_vs_rank(lb: pd.DataFrame, task: str = common.AVG) -> Figure:
     """Metric (default the average) against the projection rank K, per teacher."""
     return _plot_axis(lb, "rank", task)
 
@@ -206,7 +206,7 @@ def plot_loss_curves(curves: pd.DataFrame, keys: list[str] | None = None) -> Fig
     """Training curves of the loss components (``train/loss*`` keys), mean over seeds (band: range).
 
     Args:
-        curves: Output of ``report.load_curves``.
+        curves: Output of ``load.load_curves``.
         keys: Metric keys to draw, one panel each (default every key starting ``train/loss``).
     """
     keys = keys or sorted(k for k in curves["key"].unique() if k.startswith("train/loss"))
@@ -240,12 +240,20 @@ def plot_numeral_mass(curves: pd.DataFrame) -> Figure:
 
 
 def save(fig: Figure, path_stem: str | Path) -> tuple[Path, Path]:
-    """Write ``<path_stem>.png`` and ``<path_stem>.svg`` atomically; return both paths."""
+    """Write ``<path_stem>.png`` and ``<path_stem>.svg`` atomically; return both paths.
+
+    Both are byte-identical from one run to the next: the SVG gets no date and its element ids are
+    salted with a constant (matplotlib otherwise draws them at random), so a rebuilt report diffs
+    clean against the committed one.
+    """
+    import matplotlib
+
     stem = Path(path_stem)
     out = []
-    for fmt, kwargs in (("png", {"dpi": 150}), ("svg", {})):
+    svg = {"metadata": {"Date": None}}
+    for fmt, kwargs in (("png", {"dpi": 150}), ("svg", svg)):
         dest = stem.with_name(f"{stem.name}.{fmt}")
-        with atomic_path(dest) as tmp:
+        with atomic_path(dest) as tmp, matplotlib.rc_context({"svg.hashsalt": "xbench"}):
             fig.savefig(tmp, format=fmt, **kwargs)
         out.append(dest)
     return out[0], out[1]

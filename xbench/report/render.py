@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from xbench.reporting.aggregate import leaderboard_tasks
-from xbench.reporting.common import AVG, BENCHMARK_ORDER, DELTA, _fmt_axis
+from xbench.report.aggregate import leaderboard_tasks
+from xbench.report.common import AVG, BENCHMARK_ORDER, DELTA, fmt_axis
 
 
 def _best_mask(lb: pd.DataFrame, col: str) -> pd.Series:
@@ -83,7 +83,7 @@ def _caption(lb: pd.DataFrame) -> str:
 
 def _fmt_key(key: str, value: object) -> str:
     if key in ("alpha", "rank"):
-        return _fmt_axis(value)
+        return fmt_axis(value)
     if key == "semantics" and pd.isna(value):
         return "-"  # no teacher, no KD formula
     return str(value)
@@ -142,7 +142,7 @@ def format_comparison(cmp: pd.DataFrame) -> str:
     for key, grp in cmp.groupby(keys, dropna=False, sort=False):
         by_task = grp.set_index("task")
         cells = [
-            _fmt_axis(k) if n in ("alpha", "rank") else str(k)
+            fmt_axis(k) if n in ("alpha", "rank") else str(k)
             for n, k in zip(keys, key, strict=True)
         ]
         for t in tasks:
@@ -208,6 +208,6 @@ def format_last_values(df: pd.DataFrame) -> str:
     body = []
     for _, r in df.iterrows():
         ci = "" if pd.isna(r["ci95"]) else f" ± {r['ci95']:.3f}"
-        cells = [_fmt_axis(r[k]) if k in ("alpha", "rank") else str(r[k]) for k in keys]
+        cells = [fmt_axis(r[k]) if k in ("alpha", "rank") else str(r[k]) for k in keys]
         body.append([*cells, str(r["n"]), f"{r['mean']:.3f}{ci}"])
     return _md_table([*keys, "seeds", "value"], body) + "\n"

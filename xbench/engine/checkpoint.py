@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from xbench import sources
 from xbench.io import atomic_path
 
-log = logging.getLogger("xbench.checkpoint")
+log = logging.getLogger("xbench.engine.checkpoint")
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
@@ -116,15 +117,14 @@ def load_student(path: str | os.PathLike[str]) -> tuple[Any, Any, str]:
     from omegaconf import OmegaConf
 
     from xbench.config.validate import UserError
-    from xbench.models import load_model, load_tokenizer
-    from xbench.train import configure_world
+    from xbench.engine.models import load_model, load_tokenizer
 
     found = run_dir_of(path)
     if found is None:
         raise UserError(f"model={str(path)!r} is not an xbench run directory or checkpoint.")
     run_dir, ckpt = found
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    configure_world(cfg)  # type: ignore[arg-type]
+    sources.configure(cfg)  # the plug-in world the student was trained in
     state = (
         torch.load(ckpt, map_location="cpu", weights_only=False)
         if ckpt is not None

@@ -30,24 +30,23 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from xbench.cells import resolve_cell
-from xbench.io import write_json
+from xbench import CONF_DIR, sources
+from xbench.io import plain, write_json
 from xbench.rundir import Locked, RunDir, config_hash, lock
+from xbench.sweep.cells import resolve_cell
 
 log = logging.getLogger("xbench.sweep")
 PROG = "xbench.sweep"
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONF_DIR
 
 
 def _prepare_eval(cfg: DictConfig) -> DictConfig:
-    """Point the miniature eval suite at the world's held-out split."""
+    """The cell's eval suite, its plug-in data pinned to what the cell trained on."""
     ev = cfg.eval
     # An experiment drops a task of its suite by setting it to null (Hydra merges mappings).
     ev.tasks = {k: v for k, v in ev.tasks.items() if v is not None}
-    if cfg.data.source == "mini" and "metadata" in ev and "mini_data_dir" in ev.metadata:
-        from xbench.mini import world
-
-        ev.metadata.mini_data_dir = str(world.data_dir())
+    if "metadata" in ev:
+        ev.metadata = sources.eval_metadata(plain(ev.metadata), cfg)
     return ev
 
 
@@ -63,7 +62,7 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("plan"):
         _print_plan(cfg, resolved, cell)
         return {"status": "planned", "run_dir": str(run_dir)}
-    from xbench import distributed
+    from xbench.engine import distributed
 
     rd = RunDir(run_dir)
     h = config_hash(resolved)
@@ -97,11 +96,11 @@ def _run_locked(
         rd.start(resolved, cell, str(cfg.experiment))
     t0 = time.time()
     try:
-        from xbench.evaluate import evaluate
-        from xbench.models import load_model, load_tokenizer
-        from xbench.train import configure_world, train
+        from xbench.engine.models import load_model, load_tokenizer
+        from xbench.engine.session import train
+        from xbench.evaluate.harness import evaluate
 
-        configure_world(resolved)
+        sources.configure(resolved)
         ev = _prepare_eval(resolved)
         if resolved.train.enabled:
             summary = train(resolved, run_dir)
@@ -109,7 +108,7 @@ def _run_locked(
             if is_main and summary["world_size"] > 1 and resolved.train.parallel == "fsdp":
                 # The trained student is sharded across ranks; rank 0 evaluates an unsharded copy
                 # built from the final checkpoint (which holds the full, gathered state).
-                from xbench.checkpoint import load_latest
+                from xbench.engine.checkpoint import load_latest
 
                 model = load_model(resolved.student, tok, field="student", seed=int(resolved.seed))
                 model.load_state_dict(load_latest(rd.ckpt_dir)["model"])
@@ -215,34 +214,30 @@ def _print_plan(cfg: DictConfig, resolved: DictConfig, cell: dict[str, Any]) -> 
         f"cmd: {cmd}",
         flush=True,
     )
-    from xbench.memory import describe
+    from xbench.engine.memory import describe
 
     print(f"  {describe(resolved)}", flush=True)
 
 
 class SweepCallback(Callback):
-    """Builds the miniature world before launching and the report after every job has ended."""
+    """Lets plug-ins build what every cell shares before launching (the miniature world), and
+    writes the report after every job has ended."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("plan"):
             return
-        if config.data.source == "mini":
-            from xbench.mini import world
-            from xbench.train import configure_world
-
-            configure_world(config)
-            specs = [config.student, *config.zoo.values()]
-            roles = [
-                str(m.model).split(":", 1)[1] for m in specs if str(m.model).startswith("mini:")
-            ]
-            workers = int(os.environ.get("XBENCH_MAX_PARALLEL", 2))
-            log.info("miniature world: %s", world.build_world(roles, workers=workers))
+        specs = [str(m.model) for m in [config.student, *config.zoo.values()]]
+        workers = int(os.environ.get("XBENCH_MAX_PARALLEL", 2))
+        for scheme, plugin in sources.plugins().items():
+            names = [name for p, name in map(sources.split, specs) if p is plugin]
+            if plugin.prepare_sweep is not None and (names or config.data.source == scheme):
+                log.info("%s: %s", scheme, plugin.prepare_sweep(config, names, workers))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("plan"):
             return
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        from xbench.report import build_report
+        from xbench.report.build import build_report
 
         written = build_report(sweep_dir, sweep_dir / "report")
         statuses = _statuses(sweep_dir)
@@ -381,7 +376,7 @@ def _run(argv: list[str]) -> int:
         return 0
     sweep_dir = Path(jobs[0]["hydra"]["sweep"]["dir"])
     sys.argv = [sys.argv[0], *overrides]
-    from xbench import distributed
+    from xbench.engine import distributed
 
     main_rank = distributed.env_rank() == 0
     since = time.time() - 1.0  # mtime resolution
@@ -423,11 +418,3 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return run_cli(PROG, argv, _run, _help)
-
-
-if __name__ == "__main__":
-    # Run the importable module's main, not this __main__ copy: Hydra instantiates
-    # xbench.sweep.SweepCallback and xbench.sweep._hydra_main's module state lives there.
-    from xbench import sweep
-
-    sys.exit(sweep.main())

@@ -4,7 +4,7 @@
 estimate for planning, in GB (1e9 bytes), built from these terms:
 
 - weights: student fp32 master weights (4 B/param); each teacher in its dtype (bf16 on a GPU by
-  default, xbench.models.resolve_dtype); FSDP divides a sharded model by the world size.
+  default, xbench.engine.models.resolve_dtype); FSDP divides a sharded model by the world size.
 - optimizer: the student's fp32 gradient and AdamW's two moments (12 B/param, sharded under
   FSDP); W's value, gradient and moments, indices and mask (V_S x K x 25 B).
 - activations: what a bf16-autocast Llama layer keeps for backward per token, about
@@ -28,7 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from xbench.models import DTYPES
+from xbench.engine.models import DTYPES
 
 GB = 1e9
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}

@@ -29,15 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from xbench.io import write_json, write_text
+from xbench import CONF_DIR, sources
+from xbench.engine.models import check_vocab, load_model, load_tokenizer
+from xbench.io import plain, write_json, write_text
 
-__all__ = ["TASKS_DIR", "EvalConfigError", "TaskSpec", "evaluate", "evaluate_cfg", "task_specs"]
+__all__ = ["EvalConfigError", "TaskSpec", "evaluate", "evaluate_cfg", "task_specs"]
 
 log = logging.getLogger(__name__)
 
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
 # lm-eval's `datasets` builders that read local files instead of a Hub repository.
 _LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas"}
@@ -67,13 +68,6 @@ class TaskSpec:
     filter: str = "none"
 
 
-def _plain(cfg: Any) -> Any:
-    """Return a plain Python container for a DictConfig / mapping (resolving interpolations)."""
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
-
-
 def task_specs(cfg: Mapping[str, Any]) -> list[TaskSpec]:
     """Parse ``cfg.tasks`` (mapping ``name -> {num_fewshot, metric, filter}``) into specs.
 
@@ -101,22 +95,17 @@ def task_specs(cfg: Mapping[str, Any]) -> list[TaskSpec]:
 def _include_path(cfg: Mapping[str, Any]) -> list[str] | None:
     """Resolve ``task_include`` entries to folders.
 
-    An entry is a folder under ``xbench/tasks``, an absolute path, or ``lm_eval:<folder>`` for a
-    folder of lm-eval's built-in tasks: indexing only the folders a suite uses takes ~0.2 s where
-    ``include_defaults`` (all ~14k built-ins) takes 5 s or more on a busy CPU.
+    An entry is anything :func:`xbench.sources.task_folder` resolves (``lm_eval:<folder>``, an
+    absolute path, a plug-in's folder, a folder of ``xbench/evaluate/tasks``): indexing only the
+    folders a suite uses takes ~0.2 s where ``include_defaults`` (all ~14k built-ins) takes 5 s or
+    more on a busy CPU.
     """
     inc = cfg.get("task_include")
     if inc is None:
         return None
     paths = []
     for item in [inc] if isinstance(inc, str) else list(inc):
-        if item.startswith("lm_eval:"):
-            import lm_eval.tasks
-
-            path = Path(lm_eval.tasks.__file__).parent / item.removeprefix("lm_eval:")
-        else:
-            path = Path(item).expanduser()
-            path = path if path.is_absolute() else TASKS_DIR / path
+        path = sources.task_folder(item)
         if not path.is_dir():
             raise EvalConfigError(
                 f"Task folder {str(path)!r} (task_include={item!r}) does not exist."
@@ -135,12 +124,8 @@ def _metadata(cfg: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in meta.items():
         if key.endswith("_dir") and value is not None:
             meta[key] = str(Path(str(value)).expanduser().resolve())
-    if "mini_data_dir" in meta and meta["mini_data_dir"] is None:
-        # Pin the default corpus location now so results.json records the data actually scored.
-        from xbench.tasks.mini.utils import data_dir
-
-        meta["mini_data_dir"] = str(data_dir(**meta))
-    return meta
+    # Plug-ins pin their data locations now so results.json records the data actually scored.
+    return sources.eval_metadata(meta)
 
 
 def build_task_manager(cfg: Mapping[str, Any]):
@@ -241,22 +226,6 @@ def check_tasks(tm, specs: list[TaskSpec]) -> dict[str, list[str]]:
     return leaves
 
 
-def check_vocab(model, tokenizer) -> None:
-    """Raise if the tokenizer cannot belong to the model (ids out of range or a foreign vocab).
-
-    A head larger than the tokenizer is normal padding (Qwen: 151,936 rows for 151,669 tokens;
-    GPT-2 padded to 50,304), so only padding beyond the next multiple of 1024 counts as a mismatch.
-    """
-    rows = model.get_input_embeddings().weight.shape[0]
-    n_tok = len(tokenizer)
-    if n_tok > rows or rows > -(-n_tok // 1024) * 1024:
-        raise EvalConfigError(
-            f"Model embedding has {rows} rows but tokenizer "
-            f"{getattr(tokenizer, 'name_or_path', '?')!r} has {n_tok} tokens; pass the tokenizer "
-            "the model was trained with."
-        )
-
-
 def _bos_policy(lm, tokenizer) -> dict[str, Any]:
     """Record the configured and the effective BOS handling (what the scores actually saw)."""
     probe = tokenizer("x")["input_ids"]
@@ -344,9 +313,12 @@ def evaluate(
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    cfg = _plain(cfg)
+    cfg = plain(cfg)
     specs = task_specs(cfg)
-    check_vocab(model, tokenizer)
+    try:
+        check_vocab(model, tokenizer, "model")
+    except ValueError as err:
+        raise EvalConfigError(str(err)) from err
     t0 = time.perf_counter()
     tm = build_task_manager(cfg)
     leaves = check_tasks(tm, specs)
@@ -476,6 +448,32 @@ def _write(eval_dir: Path, result: dict[str, Any], samples: dict[str, list]) -> 
     write_json(eval_dir / "results.json", result)
 
 
+def load_pretrained(
+    name: str, *, tokenizer: str | None = None, device: str = "cpu", dtype: str | None = None
+) -> tuple[Any, Any]:
+    """A model to score and its tokenizer, through the engine's one loader.
+
+    Args:
+        name: A registry asset (``smollm2``), a plug-in source, a ``save_pretrained`` directory
+            or a Hub id.
+        tokenizer: The tokenizer to use instead of the model's own (needed for checkpoints saved
+            without one); any source :mod:`xbench.sources` resolves.
+        device: Where to put the model.
+        dtype: ``float32``, ``bfloat16``, ... or ``None`` / ``stored`` for the checkpoint's own.
+
+    Returns:
+        ``(model, tokenizer)``, the model in eval mode.
+    """
+    tok_spec = tokenizer or ("smollm2" if name in sources.known_models() else name)
+    try:
+        tok = load_tokenizer(tok_spec)
+        spec = {"model": name, "dtype": dtype if dtype not in (None, "auto") else "stored"}
+        model = load_model(spec, tok, field="model", device=device)
+    except ValueError as err:
+        raise EvalConfigError(str(err)) from err
+    return model.to(device).eval(), tok
+
+
 def evaluate_cfg(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     """Load ``cfg.model`` (checkpoint dir, Hub id or offline asset) and run :func:`evaluate`.
 
@@ -487,10 +485,9 @@ def evaluate_cfg(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     Returns:
         The results dict of :func:`evaluate`.
     """
-    from xbench.checkpoint import load_student, run_dir_of
-    from xbench.hf_models import load_model
+    from xbench.engine.checkpoint import load_student, run_dir_of
 
-    cfg = _plain(cfg)
+    cfg = plain(cfg)
     if not cfg.get("model"):
         raise EvalConfigError(
             "evaluate_cfg needs `model`: a run directory, checkpoint directory, Hub id or "
@@ -506,16 +503,14 @@ def evaluate_cfg(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
             )
         model = model.to(cfg.get("device") or "cpu")
     else:
-        model, tokenizer = load_model(
-            name,
-            tokenizer=cfg.get("tokenizer"),
-            device=cfg.get("device") or "cpu",
+        model, tokenizer = load_pretrained(
+            name, tokenizer=cfg.get("tokenizer"), device=cfg.get("device") or "cpu",
             dtype=cfg.get("dtype"),
-        )
+        )  # fmt: skip
     return evaluate(model, tokenizer, cfg, out_dir=cfg.get("out_dir"), model_name=name)
 
 
-_CONF = Path(__file__).resolve().parent.parent / "conf" / "eval"
+_CONF = CONF_DIR / "eval"
 
 
 def _config_name(argv: list[str]) -> tuple[str, list[str]]:
@@ -598,7 +593,3 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     return run_cli("xbench.evaluate", argv, _cli, _help)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,7 @@
 The paper trains on ~4B tokens of a corpus with millions of documents; nothing here holds the
 corpus in memory. Documents stream from *pieces* (local shard files; for a Hub id, one slice of
 the streamed split per stream) into an incremental text packer and the same per-example encoder
-as the in-memory path (:class:`xbench.data.PairDataset`).
+as the in-memory path (:class:`xbench.engine.data.PairDataset`).
 
 Partition. A job has ``S = world_size x max(1, num_workers)`` streams; stream ``rank x nw + w``
 is DataLoader worker ``w`` of ``rank``. In epoch ``e`` the pieces are permuted by ``(seed, e)``
@@ -32,7 +32,7 @@ import numpy as np
 from omegaconf import DictConfig
 from torch.utils.data import IterableDataset, get_worker_info
 
-from xbench.data import PairDataset
+from xbench.engine.data import PairDataset
 
 STREAMING_SOURCES = ("shards", "hf")
 _FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "jsonl", ".json": "jsonl"}
@@ -56,13 +56,13 @@ def shard_files(cfg: DictConfig) -> list[str]:
 
 def detokenizer(name: str):
     """``ids -> text`` for a token-id column: ``gpt2`` (tiktoken, as ClimbMix ships its ids) or
-    any tokenizer spec :func:`xbench.models.load_tokenizer` knows (``llama3``, a local dir...)."""
+    any tokenizer spec :func:`xbench.sources.load_tokenizer` knows (``llama3``, a local dir...)."""
     if name == "gpt2":
         import tiktoken
 
         enc = tiktoken.get_encoding("gpt2")
         return lambda ids: enc.decode(list(ids))
-    from xbench.models import load_tokenizer
+    from xbench.engine.models import load_tokenizer
 
     tok = load_tokenizer(name)
     return lambda ids: tok.decode(list(ids), skip_special_tokens=True)

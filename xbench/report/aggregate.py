@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from xbench.reporting.common import (
+from xbench.report.common import (
     AVG,
     BENCHMARK_ORDER,
     BREAKDOWN_SEP,
@@ -25,7 +25,7 @@ from xbench.reporting.common import (
     NO_TEACHER,
     PROBE_METRICS,
     TASK_ALIASES,
-    _fmt_axis,
+    fmt_axis,
     is_breakdown,
 )
 
@@ -346,19 +346,19 @@ def axis_conclusions(summary: pd.DataFrame, axis: str) -> list[str]:
             if pd.isna(r.get("rank" if axis == "alpha" else "alpha"))
             else (
                 f"{r['method']}, {'rank' if axis == 'alpha' else 'alpha'} "
-                f"{_fmt_axis(r['rank' if axis == 'alpha' else 'alpha'])}"
+                f"{fmt_axis(r['rank' if axis == 'alpha' else 'alpha'])}"
             )
         )
         ci = "" if pd.isna(r["best_ci95"]) else f" ± {r['best_ci95']:.2f}"
         verdict = (
             "clearly ahead of the runner-up (CIs do not overlap)"
             if r["separated"]
-            else f"within the 95% CI of the runner-up ({axis} {_fmt_axis(r[f'second_{axis}'])}, "
+            else f"within the 95% CI of the runner-up ({axis} {fmt_axis(r[f'second_{axis}'])}, "
             f"{r['second']:.2f})"
         )
         out.append(
-            f"Teacher {r['teachers']} ({setting}): best {axis} = {_fmt_axis(r[f'best_{axis}'])} "
-            f"with {r['task']} {r['best']:.2f}{ci}; worst {axis} = {_fmt_axis(r[f'worst_{axis}'])} "
+            f"Teacher {r['teachers']} ({setting}): best {axis} = {fmt_axis(r[f'best_{axis}'])} "
+            f"with {r['task']} {r['best']:.2f}{ci}; worst {axis} = {fmt_axis(r[f'worst_{axis}'])} "
             f"with {r['worst']:.2f}; spread {r['spread']:.2f} points over {r['n_points']} values; "
             f"the best is {verdict}."
         )
