@@ -19,7 +19,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from xbench import sources
 from xbench.engine.models import check_vocab
 from xbench.evaluate import harness as ev
-from xbench.mini.corpus import make_problems, read_jsonl, write_split
+from xbench.io import read_jsonl
+from xbench.mini.corpus import make_problems, write_split
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ["mini", "paper", "offline_real"]

@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from xbench.io import read_jsonl
 from xbench.mini import corpus
 
 _ANSWER = re.compile(r"^#### (\d+)$")
@@ -86,7 +87,7 @@ def test_write_split_disjoint_and_reproducible(tmp_path) -> None:
     paths = corpus.write_split(tmp_path / "d", n_train=40, n_test=12, seed=5)
     first = {k: p.read_bytes() for k, p in paths.items()}
     train = [json.loads(line) for line in first["train"].decode().splitlines()]
-    test = corpus.read_jsonl(paths["test"])
+    test = read_jsonl(paths["test"])
     assert (len(train), len(test)) == (40, 12)
     assert set(train[0]) == {"question", "answer"}
     assert not {r["question"] for r in train} & {r["question"] for r in test}

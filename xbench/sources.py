@@ -107,13 +107,30 @@ def _load(target: str, origin: str) -> None:
     register(obj)
 
 
+def _checkout_declared() -> dict[str, str]:
+    import tomllib
+
+    from xbench import REPO_ROOT
+
+    pyproject = REPO_ROOT / "pyproject.toml"
+    if not pyproject.is_file():
+        return {}
+    project = tomllib.loads(pyproject.read_text()).get("project", {})
+    return dict(project.get("entry-points", {}).get(ENTRY_POINT_GROUP, {}))
+
+
 def plugins() -> dict[str, Plugin]:
     """Every registered plug-in by scheme, discovering entry points on the first call."""
     global _DISCOVERED
     if not _DISCOVERED:
         _DISCOVERED = True
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            _load(ep.value, f"entry point {ENTRY_POINT_GROUP}.{ep.name}")
+        declared = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        # A source checkout declares its own plug-ins in pyproject.toml; reading them there too
+        # keeps them found when stale metadata (an old xbench.egg-info in the working directory)
+        # shadows the installed entry points.
+        declared = {**_checkout_declared(), **declared}
+        for name, target in declared.items():
+            _load(target, f"entry point {ENTRY_POINT_GROUP}.{name}")
         for target in filter(None, os.environ.get("XBENCH_PLUGINS", "").split(",")):
             _load(target, "XBENCH_PLUGINS")
     return dict(_REGISTRY)

@@ -265,9 +265,3 @@ def write_split(out_dir: str | Path, n_train: int, n_test: int, seed: int) -> di
         write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         paths[name] = path
     return paths
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSON-lines split written by :func:`write_split`."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]

@@ -31,7 +31,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from xbench.assets import cache_dir
-from xbench.io import write_json
+from xbench.io import read_jsonl, write_json
 from xbench.mini import corpus
 from xbench.mini.tokenizers import load_or_train
 
@@ -130,7 +130,7 @@ def data_dir() -> Path:
 
 def train_texts() -> list[str]:
     """The distillation corpus: the train split's problems (filler is for pre-training only)."""
-    rows = corpus.read_jsonl(data_dir() / "train.jsonl")
+    rows = read_jsonl(data_dir() / "train.jsonl")
     return [format_problem(r) for r in rows]
 
 

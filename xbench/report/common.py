@@ -32,7 +32,6 @@ CURVE_COLUMNS = ["run", "method", "teachers", "alpha", "rank", "seed", "step", "
 # semantics: the kd.semantics preset (xbench | authors | trl) whose formulas produced the row;
 # rows of different presets are never averaged together and the leaderboard says when it mixes them.
 KEY_COLUMNS = ["experiment", "student", "teachers", "method", "alpha", "rank", "semantics"]
-STATUSES = ("pending", "running", "done", "failed", "interrupted")  # = xbench.rundir.STATUSES
 AVG = "avg"
 DELTA = "delta_vs_gold"
 NO_TEACHER = "none"

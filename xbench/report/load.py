@@ -20,10 +20,10 @@ from xbench.report.common import (
     NO_TEACHER,
     REFERENCE_CSV,
     REFERENCE_STUDENT,
-    STATUSES,
     TIDY_COLUMNS,
     ReportError,
 )
+from xbench.rundir import STATUSES
 
 
 def find_run_dirs(path: str | Path) -> list[Path]:

@@ -18,7 +18,8 @@ from typing import Any
 
 import datasets
 
-from xbench.mini.corpus import answer_digits, read_jsonl, to_multiple_choice, write_split
+from xbench.io import read_jsonl
+from xbench.mini.corpus import answer_digits, to_multiple_choice, write_split
 
 # Defaults used when the suite config does not name a corpus; they only matter for standalone
 # evaluation, a study always passes the directory its training data came from.
