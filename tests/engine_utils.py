@@ -18,7 +18,7 @@ CONF = str(REPO / "conf")
 
 def cell_cfg(*overrides: str, experiment: str = "mini_smoke") -> DictConfig:
     """The resolved config of one cell (what a sweep job trains with)."""
-    from xbench.sweep.cells import resolve_cell
+    from xbench.config.cells import resolve_cell
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("sweep", overrides=[f"+experiment={experiment}", *overrides])

@@ -3,17 +3,17 @@
 The house, bottom to top (a module imports only from its own layer or the ones above it in
 this list; ``tests/test_layout.py`` checks it):
 
-- foundation: ``io`` (atomic writes, configs as dicts), ``vocab`` (method and option names),
+- foundation: ``errors``, ``io`` (atomic writes, configs as dicts), ``vocab`` (method names),
   ``rundir`` (the run-directory contract), ``assets`` (tokenizers, data and a model from package
   registries), ``sources`` (one registry resolving plug-in, asset, directory and Hub sources);
 - ``tokenpair``: a tokenizer pair: chunk alignment, the projection W, the audit;
 - ``losses``: pure tensor functions, one per method, sum-reduced;
-- ``config``: typed schema and ``validate(cfg)``: one sentence per bad field;
+- ``config``: typed schema, ``validate(cfg)`` (one sentence per bad field), a cell's teachers;
 - ``engine``: one training run: session, loop, objective, data, teachers, models, checkpoints,
   distributed, metrics;
 - ``evaluate``: lm-evaluation-harness on a run directory, checkpoint or Hub id;
-- ``sweep``: Hydra + submitit cells of an experiment, each a run directory;
 - ``report``: run directories -> tidy table -> leaderboards and figures;
+- ``sweep``: Hydra + submitit cells of an experiment, each a run directory, ending in a report;
 - ``mini``: the miniature world, a plug-in registered through ``sources`` (entry point
   ``xbench.sources``); no other package imports it.
 

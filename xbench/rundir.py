@@ -25,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from xbench import REPO_ROOT
-from xbench.config.validate import UserError
+from xbench.errors import UserError
 from xbench.io import read_json, write_text
 
 log = logging.getLogger("xbench.rundir")

@@ -54,7 +54,7 @@ class XbenchSweeper(BasicSweeper):
         return [todo[i : i + size] for i in range(0, len(todo), size)]
 
     def _done(self, job: list[str]) -> bool:
-        from xbench.sweep.cells import resolve_cell
+        from xbench.config.cells import resolve_cell
         from xbench.rundir import RunDir, config_hash
 
         assert self.hydra_context is not None and self.config is not None

@@ -19,7 +19,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from xbench import CONF_DIR, sources
-from xbench.config.validate import ConfigError, UserError, plain_job
+from xbench.config.validate import ConfigError, plain_job
+from xbench.errors import UserError
 
 CONF = CONF_DIR
 EXIT_USAGE = 2

@@ -27,9 +27,10 @@ from xbench.config.schema import (
     ModelSpec,
     PairConf,
 )
+from xbench.errors import UserError
 from xbench.io import plain
 
-__all__ = ["ConfigError", "UserError", "validate", "validate_eval", "validate_pair"]
+__all__ = ["ConfigError", "validate", "validate_eval", "validate_pair"]
 
 
 class ConfigError(ValueError):
@@ -38,11 +39,6 @@ class ConfigError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
-
-
-class UserError(Exception):
-    """A failure the user can fix that is not a config value (a locked run directory, a missing
-    checkpoint); ``str(err)`` is one sentence, shown without a traceback."""
 
 
 def _show(value: Any) -> str:

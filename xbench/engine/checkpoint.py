@@ -116,7 +116,7 @@ def load_student(path: str | os.PathLike[str]) -> tuple[Any, Any, str]:
     """
     from omegaconf import OmegaConf
 
-    from xbench.config.validate import UserError
+    from xbench.errors import UserError
     from xbench.engine.models import load_model, load_tokenizer
 
     found = run_dir_of(path)

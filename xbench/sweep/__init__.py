@@ -1,5 +1,6 @@
 """Sweeps: every cell of an experiment as a Hydra multirun on submitit (SLURM) or locally.
 
-``cells`` resolves one cell's teachers from the zoo; ``launch`` runs a cell into its run
-directory (train, evaluate, meta.json) and ends the sweep in a report. ``python -m xbench.sweep``.
+``launch`` runs one cell into its run directory (train, evaluate, meta.json), lets plug-ins build
+what all cells share first, and ends the sweep in a report; ``python -m xbench.sweep``. The
+sweeper that expands cells and seeds lives in ``hydra_plugins/xbench_sweeper``.
 """

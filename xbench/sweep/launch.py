@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from xbench import CONF_DIR, sources
 from xbench.io import plain, write_json
 from xbench.rundir import Locked, RunDir, config_hash, lock
-from xbench.sweep.cells import resolve_cell
+from xbench.config.cells import resolve_cell
 
 log = logging.getLogger("xbench.sweep")
 PROG = "xbench.sweep"
