@@ -93,9 +93,9 @@ def estimate(ov: list[str]) -> float | None:
     """xbench.engine.memory's per-GPU estimate of the same cell config (GB)."""
     from hydra import compose, initialize_config_dir
 
+    from xbench.config.cells import resolve_cell
     from xbench.engine.memory import estimate as mem_estimate
     from xbench.engine.memory import use_checkpointing
-    from xbench.config.cells import resolve_cell
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = resolve_cell(compose("sweep", overrides=["+experiment=gpu_paper", *ov]))[0]

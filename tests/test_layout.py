@@ -133,9 +133,9 @@ def _layer(module: str) -> int:
     best = None
     for i, layer in enumerate(LAYERS):
         for prefix in layer:
-            if module == prefix or module.startswith(prefix + "."):
-                if best is None or len(prefix) > best[1]:
-                    best = (i, len(prefix))
+            inside = module == prefix or module.startswith(prefix + ".")
+            if inside and (best is None or len(prefix) > best[1]):
+                best = (i, len(prefix))
     assert best is not None, f"{module} is in no layer of tests/test_layout.py"
     return best[0]
 

@@ -27,7 +27,6 @@ from xbench.config.schema import (
     ModelSpec,
     PairConf,
 )
-from xbench.errors import UserError
 from xbench.io import plain
 
 __all__ = ["ConfigError", "validate", "validate_eval", "validate_pair"]

@@ -116,8 +116,8 @@ def load_student(path: str | os.PathLike[str]) -> tuple[Any, Any, str]:
     """
     from omegaconf import OmegaConf
 
-    from xbench.errors import UserError
     from xbench.engine.models import load_model, load_tokenizer
+    from xbench.errors import UserError
 
     found = run_dir_of(path)
     if found is None:

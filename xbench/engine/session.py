@@ -196,10 +196,10 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     from hydra.core.hydra_config import HydraConfig
 
+    from xbench.config.cells import resolve_cell
     from xbench.config.cli import guard
     from xbench.io import write_text
     from xbench.rundir import RunDir
-    from xbench.config.cells import resolve_cell
 
     resolved, _ = resolve_cell(cfg)
     run_dir = Path(cfg.get("run_dir") or HydraConfig.get().runtime.output_dir)

@@ -31,9 +31,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from xbench import CONF_DIR, sources
+from xbench.config.cells import resolve_cell
 from xbench.io import plain, write_json
 from xbench.rundir import Locked, RunDir, config_hash, lock
-from xbench.config.cells import resolve_cell
 
 log = logging.getLogger("xbench.sweep")
 PROG = "xbench.sweep"
