@@ -61,7 +61,7 @@ def resolve_cell(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
         "alpha": float(cfg.kd.alpha) if _uses(teachers, "xtoken") else None,
         "rank": int(cfg.kd.rank) if _uses(teachers, "pkl", "hkl", "xtoken") else None,
         # Which formula set produced the cell (xbench.losses.presets); none without a teacher.
-        "semantics": str(cfg.kd.get("semantics", "xbench")) if teachers else None,
+        "semantics": str(cfg.kd.semantics) if teachers else None,
         "seed": int(cfg.seed),
     }
     return resolved, identity

@@ -306,6 +306,13 @@ def validate(
             "cache hits would desynchronise the sharded teacher); set one of them off.",
         )
     data = c.get("data", {})
+    known = ("jsonl", "shards", "hf", *sources.plugins())
+    if "source" in data and data["source"] not in known:
+        raise ConfigError(
+            "data.source",
+            f"data.source={data['source']!r} is not supported; use one of {', '.join(known)} "
+            "(the corpus).",
+        )
     if data.get("source") == "jsonl" and not (data.get("path") and Path(data["path"]).is_file()):
         raise ConfigError(
             "data.path", f"data.path={data.get('path')!r}: source=jsonl needs an existing file."

@@ -189,7 +189,7 @@ class StreamingCorpus(IterableDataset):
         ds = datasets.load_dataset(
             str(self.cfg.name), subset, split=str(self.cfg.split), streaming=True
         )
-        ds = ds.shuffle(seed=self.seed, buffer_size=int(self.cfg.get("shuffle_buffer", 10_000)))
+        ds = ds.shuffle(seed=self.seed, buffer_size=int(self.cfg.shuffle_buffer))
         ds.set_epoch(epoch)
         ds = split_dataset_by_node(ds, rank=stream, world_size=self.n_streams).skip(doc0)
         for i, row in enumerate(ds):

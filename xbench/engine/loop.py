@@ -1,7 +1,7 @@
 """One training session: student, teachers, objective, data, optimizer; and one step of it.
 
-``train()`` (xbench/train.py) adds logging, checkpoints and signals around this; benchmarks time
-``forward_backward`` + ``optimizer_step`` directly.
+``train()`` (``engine/session.py``) adds logging, checkpoints and signals around this; benchmarks
+time ``forward_backward`` + ``optimizer_step`` directly.
 """
 
 from __future__ import annotations

@@ -79,9 +79,9 @@ def estimate(cfg: DictConfig, checkpointing: bool | None = None) -> dict[str, An
     v_s = vocab_rows(cfg.student)
     if s_arch is None or v_s is None:
         return None
-    world = max(1, int(res.get("nodes", 1)) * int(res.get("tasks_per_node", 1)))
+    world = max(1, int(res["nodes"]) * int(res["tasks_per_node"]))
     fsdp = str(tc.parallel) == "fsdp" and world > 1
-    t_shard = str(tc.get("teacher_parallel", "replicate")) == "fsdp" and world > 1
+    t_shard = str(tc["teacher_parallel"]) == "fsdp" and world > 1
     gpu = str(tc.device) != "cpu"
     b, t = int(tc.micro_batch_size), int(cfg.data.seq_len)
     tokens = b * t

@@ -83,9 +83,9 @@ class MetricsLogger:
             if wandb_cfg and wandb_cfg.get("enabled"):
                 import wandb
 
-                os.environ.setdefault("WANDB_MODE", wandb_cfg.get("mode", "offline"))
+                os.environ.setdefault("WANDB_MODE", wandb_cfg["mode"])
                 self._wandb = wandb.init(
-                    project=wandb_cfg.get("project", "xbench"),
+                    project=wandb_cfg["project"],
                     name=run_name,
                     config=config,
                     dir=str(path.parent),

@@ -95,7 +95,7 @@ def build_teachers(cfg: DictConfig, s_tok: Any, student: nn.Module, device: str)
                 "use uld, gold, pkl, hkl or xtoken."
             )
         cache = cfg.train.teacher_cache_dir if cfg.train.get("teacher_cache") else None
-        t_par = str(cfg.train.get("teacher_parallel", "replicate"))
+        t_par = str(cfg.train.teacher_parallel)
         if t_par not in ("replicate", "fsdp"):
             raise ValueError(f"train.teacher_parallel must be replicate or fsdp; got {t_par!r}.")
         if t_par == "fsdp" and distributed.world_size() > 1:

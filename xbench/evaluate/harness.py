@@ -135,7 +135,7 @@ def build_task_manager(cfg: Mapping[str, Any]):
     logging.getLogger("lm_eval.api.task").addFilter(_HINT_FILTER)  # adding twice is a no-op
     return TaskManager(
         include_path=_include_path(cfg),
-        include_defaults=bool(cfg.get("include_defaults", False)),
+        include_defaults=bool(cfg["include_defaults"]),
         metadata=_metadata(cfg),
     )
 
@@ -342,7 +342,7 @@ def evaluate(
         lm = HFLM(
             pretrained=model,
             tokenizer=tokenizer,
-            batch_size=cfg.get("batch_size", 8),
+            batch_size=cfg["batch_size"],
             max_batch_size=cfg.get("max_batch_size") or 64,
             add_bos_token=cfg.get("add_bos_token"),
             max_length=cfg.get("max_length"),
@@ -353,16 +353,16 @@ def evaluate(
             task_manager=tm,
             num_fewshot=None,
             limit=cfg.get("limit"),
-            bootstrap_iters=cfg.get("bootstrap_iters", 1000),
-            log_samples=bool(cfg.get("log_samples", False)),
+            bootstrap_iters=cfg["bootstrap_iters"],
+            log_samples=bool(cfg["log_samples"]),
             system_instruction=cfg.get("system_instruction"),
-            apply_chat_template=cfg.get("apply_chat_template", False),
-            fewshot_as_multiturn=cfg.get("fewshot_as_multiturn", False),
+            apply_chat_template=cfg["apply_chat_template"],
+            fewshot_as_multiturn=cfg["fewshot_as_multiturn"],
             gen_kwargs=cfg.get("gen_kwargs"),
-            random_seed=cfg.get("random_seed", 0),
-            numpy_random_seed=cfg.get("numpy_random_seed", 1234),
-            torch_random_seed=cfg.get("torch_random_seed", 1234),
-            fewshot_random_seed=cfg.get("fewshot_random_seed", 1234),
+            random_seed=cfg["random_seed"],
+            numpy_random_seed=cfg["numpy_random_seed"],
+            torch_random_seed=cfg["torch_random_seed"],
+            fewshot_random_seed=cfg["fewshot_random_seed"],
         )
         bos = _bos_policy(lm, tokenizer)
     finally:
@@ -390,11 +390,11 @@ def evaluate(
         "n_shot": n_shot,
         "filters": filters,
         "bos": bos,
-        "apply_chat_template": cfg.get("apply_chat_template", False),
-        "fewshot_as_multiturn": cfg.get("fewshot_as_multiturn", False),
+        "apply_chat_template": cfg["apply_chat_template"],
+        "fewshot_as_multiturn": cfg["fewshot_as_multiturn"],
         "system_instruction": cfg.get("system_instruction"),
         "limit": cfg.get("limit"),
-        "batch_size": cfg.get("batch_size", 8),
+        "batch_size": cfg["batch_size"],
         "max_length": lm.max_length,
         "gen_kwargs": cfg.get("gen_kwargs"),
         "seeds": {
@@ -406,7 +406,7 @@ def evaluate(
                 "fewshot_random_seed",
             )
         },
-        "bootstrap_iters": cfg.get("bootstrap_iters", 1000),
+        "bootstrap_iters": cfg["bootstrap_iters"],
         "task_include": cfg.get("task_include"),
         "metadata": _metadata(cfg),
         "versions": _versions(),
