@@ -93,6 +93,7 @@ class MixConf:
     mode: str = _f("how CE and KD combine", choices=MIX_MODES)
     ce_weight: float = _f("CE weight when mode=fixed", ge=0)
     kd_weight: float = _f("KD weight when mode=fixed", ge=0)
+    max_scale: float = _f("cap of the dynamic scale |CE|/|KD|", gt=0)
 
 
 @dataclass

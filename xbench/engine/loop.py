@@ -22,7 +22,8 @@ from xbench.engine.data import Collator, PairDataset, Side, StepBatches, load_te
 from xbench.engine.memory import use_checkpointing
 from xbench.engine.metrics import numeral_ids, numeral_stats
 from xbench.engine.models import load_model, load_tokenizer
-from xbench.engine.objective import Objective, build_teachers, is_mean_key
+from xbench.engine.objective import Objective, is_mean_key
+from xbench.engine.teachers import build_teachers
 from xbench.tokenpair.canon import canonical_vocab
 
 

@@ -8,7 +8,8 @@ micro-batches, all ranks)::
 
 so the sum of the micro-batch losses is the step's objective. Weights w_i and the mix come from
 :mod:`xbench.losses.combine`, the only place that mixes; knobs are checked by
-:func:`xbench.losses.options.check_kd_options` before any teacher is loaded.
+:func:`xbench.losses.options.check_kd_options` before any teacher is loaded
+(:func:`xbench.engine.teachers.build_teachers`).
 
 Logged values: losses (``train/loss*``) are divided by global counts, so the loop *sums* them over
 micro-batches and ranks; ratios and weights (:data:`MEAN_KEYS`) are per micro-batch and the loop
@@ -17,7 +18,6 @@ micro-batches and ranks; ratios and weights (:data:`MEAN_KEYS`) are per micro-ba
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,8 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from xbench.engine import distributed
-from xbench.engine.models import head_size, load_model, load_tokenizer
-from xbench.engine.teachers import TeacherRunner
+from xbench.engine.teachers import Teacher
 from xbench.losses import get as get_loss
 from xbench.losses.base import LossOutput
 from xbench.losses.combine import (
@@ -36,10 +35,9 @@ from xbench.losses.combine import (
     teacher_scores,
     teacher_weights,
 )
-from xbench.losses.options import check_kd_options, effective_kd, hybrid_beta
+from xbench.losses.options import hybrid_beta
 from xbench.losses.pkl import LearnableProjection
-from xbench.losses.presets import exact_pairs_from_w, loss_kwargs
-from xbench.tokenpair import projection as proj_mod
+from xbench.losses.presets import loss_kwargs
 
 # kd.kl (config vocabulary) -> the kd loss's divergence name.
 _DIVERGENCE = {"forward": "forward_kl", "reverse": "reverse_kl", "jsd": "jsd"}
@@ -58,88 +56,13 @@ def is_mean_key(key: str) -> bool:
     return any(key == k or (k.endswith("/") and key.startswith(k)) for k in MEAN_KEYS)
 
 
-@dataclass
-class Teacher:
-    """One teacher of a cell, with everything its loss needs precomputed."""
-
-    name: str
-    method: str
-    weight: float
-    kd: dict[str, Any]
-    tok: Any
-    runner: TeacherRunner
-    same_tokenizer: bool
-    projection: proj_mod.Projection | None = None
-    pairs: tuple[Tensor, Tensor] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def build_teachers(cfg: DictConfig, s_tok: Any, student: nn.Module, device: str) -> list[Teacher]:
-    """Load every teacher of the cell, check its vocabulary, and build W / common pairs."""
-    check_kd_options(cfg)  # every kd:/mix: knob is read or refused, before any model loads
-    out: list[Teacher] = []
-    s_fp = proj_mod.tokenizer_fingerprint(s_tok)
-    for i, spec in enumerate(cfg.get("teachers") or []):
-        field_name = f"teachers[{i}]"
-        kd = effective_kd(cfg, i)
-        tok = load_tokenizer(spec.tokenizer)
-        # Teachers built from a config get their own seed (not the student's init).
-        model = load_model(
-            spec, tok, field=field_name, seed=int(cfg.seed) + 1000 + i, device=device
-        ).to(device)
-        same = proj_mod.tokenizer_fingerprint(tok) == s_fp
-        method = str(spec.method)
-        if method == "kd" and not same:
-            raise ValueError(
-                f"{field_name}.method=kd needs the student tokenizer; {spec.name} has its own: "
-                "use uld, gold, pkl, hkl or xtoken."
-            )
-        cache = cfg.train.teacher_cache_dir if cfg.train.get("teacher_cache") else None
-        t_par = str(cfg.train.teacher_parallel)
-        if t_par not in ("replicate", "fsdp"):
-            raise ValueError(f"train.teacher_parallel must be replicate or fsdp; got {t_par!r}.")
-        if t_par == "fsdp" and distributed.world_size() > 1:
-            # A sharded teacher's forward is a collective: every rank must run it for every
-            # micro-batch, which a per-rank cache hit would break.
-            if cache:
-                raise ValueError(
-                    "train.teacher_parallel=fsdp cannot be combined with train.teacher_cache=true; "
-                    "replicate the teachers or turn the cache off."
-                )
-            distributed.fully_shard_model(model)
-        ident = f"{spec.model}|{proj_mod.tokenizer_fingerprint(tok)}"
-        runner = TeacherRunner(model, ident, top_k=int(kd["teacher_cache_topk"]), cache_dir=cache)
-        t = Teacher(spec.name, method, float(spec.weight), kd, tok, runner, same)
-        authors_gold = method == "gold" and kd["semantics"] == "authors"
-        if method in ("pkl", "hkl", "xtoken") or authors_gold:
-            t.projection = proj_mod.load_or_build(
-                s_tok,
-                tok,
-                proj_mod.ProjectionConfig(
-                    rank=int(kd["rank"]), reverse_pass=bool(kd["reverse_pass"])
-                ),
-                student_head_size=head_size(student),
-                teacher_head_size=head_size(model),
-            )
-        if authors_gold:  # the authors read GOLD's exact map from W's one-hot rows
-            assert t.projection is not None
-            t.pairs = exact_pairs_from_w(t.projection.indices, t.projection.weights)
-        elif method == "gold":
-            t.pairs = proj_mod.exact_common_pairs(s_tok, tok, semantics=str(kd["gold_semantics"]))
-        elif method in ("hkl", "xtoken"):
-            assert t.projection is not None
-            t.pairs = proj_mod.relaxed_common_pairs(t.projection, float(kd["hkl_threshold"]))
-        out.append(t)
-    return out
-
-
 class Objective(nn.Module):
     """CE plus the weighted per-teacher KD losses of one cell (holds learnable W values)."""
 
     def __init__(self, cfg: DictConfig, teachers: list[Teacher]) -> None:
         super().__init__()
         self.teachers = teachers
-        self.mix = {"max_scale": 1000.0, **OmegaConf.to_container(cfg.mix, resolve=True)}
+        self.mix = OmegaConf.to_container(cfg.mix, resolve=True)
         self.multi = str(cfg.kd.multi_teacher)
         if self.multi == "logit_avg" and not all(
             t.same_tokenizer and t.method == "kd" for t in teachers
