@@ -13,7 +13,8 @@ resolved in this order:
 A ``data.source`` equal to a plug-in's scheme reads that plug-in's corpus.
 
 Plug-ins are found through the ``xbench.sources`` entry-point group (``pyproject.toml`` declares
-the miniature world's) and, for code that is not packaged, through ``$XBENCH_PLUGINS`` (a
+the miniature world's; the checkout's ``pyproject.toml`` is read too, so stale package metadata
+cannot hide it) and, for code that is not packaged, through ``$XBENCH_PLUGINS`` (a
 comma-separated list of ``module:attribute``). Each names a :class:`Plugin`. The core never
 imports a plug-in module: it asks this registry.
 """

@@ -217,11 +217,6 @@ def mini_model_path(role: str) -> Path:
     return _cached_model(role, str(world_dir()))
 
 
-def mini_model(role: str) -> LlamaForCausalLM:
-    """A fresh copy of a pre-trained mini model (built on first use)."""
-    return LlamaForCausalLM.from_pretrained(str(mini_model_path(role)))
-
-
 def _build_role(world: dict[str, Any], role: str) -> str:
     """Build one model in a worker process (spawned: it configures its own copy of the world)."""
     torch.set_num_threads(1)
