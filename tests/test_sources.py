@@ -39,7 +39,7 @@ def test_the_miniature_world_is_found_as_a_plugin() -> None:
 
 
 def test_a_new_plugin_serves_every_layer(toy: sources.Plugin) -> None:
-    tok, name = load_tokenizer("toy:a")  # the engine's one loader asks the registry
+    _, name = load_tokenizer("toy:a")  # the engine's one loader asks the registry
     assert name == "a"
     texts = load_texts(OmegaConf.create({"source": "toy", "max_docs": None}))
     assert texts == ["one doc", "two doc"]  # blank documents dropped as for every corpus
