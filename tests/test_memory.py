@@ -63,7 +63,7 @@ def test_teachers_default_to_bf16_on_a_gpu_only() -> None:
     assert resolve_dtype(spec, "teachers[0]", "cpu") == torch.float32
     assert resolve_dtype(spec, "student", "cuda:0") == torch.float32  # fp32 master weights
     assert resolve_dtype({"dtype": "bfloat16"}, "student", "cpu") == torch.bfloat16
-    with pytest.raises(ValueError, match=r"teachers\[1\]\.dtype must be auto or one of"):
+    with pytest.raises(ValueError, match=r"teachers\[1\]\.dtype must be auto, stored or one of"):
         resolve_dtype({"dtype": "fp8"}, "teachers[1]", "cpu")
 
 

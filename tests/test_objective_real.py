@@ -35,10 +35,10 @@ def _tokenizer(spec: str) -> object:
 @pytest.fixture(autouse=True)
 def _shared_tokenizers(monkeypatch: pytest.MonkeyPatch) -> None:
     import xbench.engine.loop
-    import xbench.engine.objective
+    import xbench.engine.teachers
 
     monkeypatch.setattr(xbench.engine.loop, "load_tokenizer", _tokenizer)
-    monkeypatch.setattr(xbench.engine.objective, "load_tokenizer", _tokenizer)
+    monkeypatch.setattr(xbench.engine.teachers, "load_tokenizer", _tokenizer)
 
 
 def _assets_present() -> str | None:
