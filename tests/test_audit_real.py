@@ -19,7 +19,7 @@ def llama3():
 
 @pytest.fixture(scope="module")
 def texts():
-    from xbench.tokenpair.cli import sample_corpus
+    from xbench.tokenpair.pair_audit import sample_corpus
 
     return sample_corpus(40, seed=0)
 

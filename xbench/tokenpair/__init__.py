@@ -12,10 +12,12 @@ code; import the modules directly (this file imports nothing).
   ``projection_retok`` (re-tokenization, top-K) and ``projection_pairs`` (sparse W, the common
   token pairs H-KL and GOLD use).
 - ``audit``: the pair report (Table 8, alignment statistics, loss recommendation);
-  ``cli``: ``python -m xbench.pair``, which runs it for one student and several teachers.
+  ``pair_audit``: ``run_pair``, the audit of one student against several teachers, written to
+  disk (``python -m xbench.pair``, the Hydra entry point in ``xbench/pair.py``, runs it).
 
-Imports flow one way inside the package (canon, types <- align_*, projection_* <- audit <- cli).
-The library modules import numpy, torch, tokenizers, safetensors, ``xbench.assets`` (cache root),
-``xbench.__version__`` and each other (``align_check``'s fuzz strategy also imports hypothesis);
-``cli`` alone adds Hydra/OmegaConf, ``xbench.config`` and ``xbench.io``.
+Imports flow one way inside the package (canon, types <- align_*, projection_* <- audit <-
+pair_audit). Outside it, the modules import numpy, torch, tokenizers, safetensors, the standard
+library, ``xbench.assets`` (tokenizers, GSM8K, the cache root), ``xbench.io`` (atomic writes) and
+``xbench.__version__``; ``align_check``'s fuzz strategy also imports hypothesis. Nothing here
+imports the losses, the engine, the configs or Hydra.
 """

@@ -33,7 +33,7 @@ import numpy as np
 
 from xbench.tokenpair.align_collate import collate_alignments
 from xbench.tokenpair.align_dp import align_dp, dp_keys
-from xbench.tokenpair.align_offset import FlatResult, OffsetAligner
+from xbench.tokenpair.align_offset import OffsetAligner
 from xbench.tokenpair.canon import token_table
 from xbench.tokenpair.types import FlatAlignment, SeqAlignment
 
@@ -171,7 +171,7 @@ class TokenizerPairAligner:
         Returns:
             One :class:`SeqAlignment` per sequence.
         """
-        return self._align_offsets(
+        return self._offset.align(
             student_ids, teacher_ids, student_offsets, teacher_offsets, texts
         ).to_list()
 
@@ -185,24 +185,9 @@ class TokenizerPairAligner:
     ) -> FlatAlignment:
         """:meth:`align_batch` without per-sequence objects: flat arrays plus row splits, which
         :func:`collate_alignments` pads directly. Same arguments and row contents."""
-        return self._align_offsets(
+        return self._offset.align(
             student_ids, teacher_ids, student_offsets, teacher_offsets, texts
         ).to_flat()
-
-    def _align_offsets(
-        self,
-        student_ids,
-        teacher_ids,
-        student_offsets,
-        teacher_offsets,
-        texts=None,
-        force_slow: bool = False,
-    ) -> FlatResult:
-        """:meth:`OffsetAligner.align` (``force_slow``: every sequence through the per-sequence
-        path, for tests)."""
-        return self._offset.align(
-            student_ids, teacher_ids, student_offsets, teacher_offsets, texts, force_slow
-        )
 
     def align_dp(self, student_ids, teacher_ids) -> SeqAlignment:
         """Align one sequence pair with the paper's anchored DP over canonical tokens.
