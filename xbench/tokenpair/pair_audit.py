@@ -18,7 +18,17 @@ from xbench.io import write_json, write_text
 
 __all__ = ["run_pair", "sample_corpus"]
 
-_FIELDS = ("student", "teacher", "out_dir", "sample_size", "seed", "rank", "reverse_pass")
+_FIELDS = (
+    "student",
+    "teacher",
+    "out_dir",
+    "sample_size",
+    "seed",
+    "rank",
+    "reverse_pass",
+    "threshold",
+    "align_method",
+)
 
 
 def sample_corpus(sample_size: int, seed: int) -> list[str]:
@@ -111,7 +121,7 @@ def _slug(name: str) -> str:
 
 def _audit_one(student, teacher, texts: list[str], c: dict[str, Any]) -> dict[str, Any]:
     """Build or load W for the pair and audit it."""
-    from xbench.tokenpair.audit import RELAXED_THRESHOLD, audit_pair
+    from xbench.tokenpair.audit import audit_pair
     from xbench.tokenpair.projection import ProjectionConfig, load_or_build
 
     proj_cfg = ProjectionConfig(rank=c["rank"], reverse_pass=bool(c["reverse_pass"]))
@@ -121,6 +131,6 @@ def _audit_one(student, teacher, texts: list[str], c: dict[str, Any]) -> dict[st
         teacher,
         texts,
         proj,
-        align_method=str(c.get("align_method", "offset")),
-        threshold=float(c.get("threshold", RELAXED_THRESHOLD)),
+        align_method=str(c["align_method"]),
+        threshold=float(c["threshold"]),
     )
