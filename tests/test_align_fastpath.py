@@ -58,8 +58,8 @@ def test_fast_path_equals_slow_path(teacher: str, batch) -> None:
     for k, (_, s_where, t_where) in enumerate(batch):
         si[k], so[k] = _with_zero_width(si[k], so[k], s_eos, s_where)
         ti[k], to[k] = _with_zero_width(ti[k], to[k], t_eos, t_where)
-    fast = aligner._align_offsets(si, ti, so, to, texts).to_list()
-    slow = aligner._align_offsets(si, ti, so, to, texts, force_slow=True).to_list()
+    fast = aligner._offset.align(si, ti, so, to, texts).to_list()
+    slow = aligner._offset.align(si, ti, so, to, texts, force_slow=True).to_list()
     assert len(fast) == len(slow) == len(texts)
     for k, (a, b) in enumerate(zip(fast, slow, strict=True)):
         assert _same(a, b), (k, texts[k], batch[k][1:])
@@ -81,7 +81,7 @@ def test_overlaps_in_many_sequences_take_the_batch_wide_path() -> None:
     texts = [f"{i} 👍🏽 日本語 e\u0301 ok" for i in range(80)] + ["plain"] * 5
     si, ti, so, to = aligner.encode(texts)
     fast = aligner.align_batch(si, ti, so, to, texts)
-    slow = aligner._align_offsets(si, ti, so, to, texts, force_slow=True).to_list()
+    slow = aligner._offset.align(si, ti, so, to, texts, force_slow=True).to_list()
     assert all(_same(a, b) for a, b in zip(fast, slow, strict=True))
 
 
@@ -90,6 +90,6 @@ def test_empty_batch_and_empty_sequences() -> None:
     assert aligner.align_batch([], [], [], []) == []
     si, ti, so, to = aligner.encode(["", "Hi", ""])
     fast = aligner.align_batch(si, ti, so, to)
-    slow = aligner._align_offsets(si, ti, so, to, force_slow=True).to_list()
+    slow = aligner._offset.align(si, ti, so, to, force_slow=True).to_list()
     assert all(_same(a, b) for a, b in zip(fast, slow, strict=True))
     assert fast[0].num_chunks == 0 and fast[1].num_chunks == 1

@@ -7,8 +7,8 @@ import json
 import pytest
 from test_projection import tiny_pair, tiny_projection
 
-from xbench.pair import run_pair
 from xbench.tokenpair.audit import audit_pair, render_markdown, render_table8, token_classes
+from xbench.tokenpair.pair_audit import run_pair
 
 TEXTS = ["In 2019 there were 201 apples.", "42 + 17 = 59, hello world!"]
 

@@ -19,9 +19,9 @@ def llama3():
 
 @pytest.fixture(scope="module")
 def texts():
-    from xbench.pair import _sample_corpus
+    from xbench.tokenpair.pair_audit import sample_corpus
 
-    return _sample_corpus(40, seed=0)
+    return sample_corpus(40, seed=0)
 
 
 @pytest.mark.parametrize("teacher_name", ["qwen3", "smollm2"])

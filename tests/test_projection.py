@@ -210,7 +210,7 @@ def test_to_sparse_matches_rows_and_carries_gradients() -> None:
     expected = torch.zeros(proj.indices.shape[0], v_t)
     expected.scatter_add_(1, proj.indices, proj.weights)
     torch.testing.assert_close(dense, expected)
-    param = torch.nn.Parameter(proj.learnable_values())
+    param = torch.nn.Parameter(proj.weights.clone())
     p_s = torch.softmax(torch.randn(3, proj.indices.shape[0]), dim=-1)
     q = (to_sparse(proj, weights=param).t() @ p_s.t()).t()  # (3, V_T) = p_S W
     q.sum().backward()

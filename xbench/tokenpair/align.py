@@ -32,14 +32,8 @@ from typing import Literal
 import numpy as np
 
 from xbench.tokenpair.align_collate import collate_alignments
-from xbench.tokenpair.align_dp import _dp_keys, align_dp
-from xbench.tokenpair.align_offset import (
-    _align_flat,
-    _FlatResult,
-    _flatten,
-    _forbidden_cuts,
-    _role_codes,
-)
+from xbench.tokenpair.align_dp import align_dp, dp_keys
+from xbench.tokenpair.align_offset import OffsetAligner
 from xbench.tokenpair.canon import token_table
 from xbench.tokenpair.types import FlatAlignment, SeqAlignment
 
@@ -76,25 +70,16 @@ class TokenizerPairAligner:
         self.student_tokenizer = student_tokenizer
         self.teacher_tokenizer = teacher_tokenizer
         self.on_missing_offsets = on_missing_offsets
+        self._offset = OffsetAligner(student_tokenizer, teacher_tokenizer)
         s_table, t_table = token_table(student_tokenizer), token_table(teacher_tokenizer)
-        # One integer code per canonical special role shared by both sides, -1 for text tokens:
-        # lets the vectorized path compare specials across vocabularies without strings.
-        roles: dict[str, int] = {}
-        self._s_code = _role_codes(s_table.canonical, s_table.special, roles)
-        self._t_code = _role_codes(t_table.canonical, t_table.special, roles)
-        self._s_special, self._t_special = self._s_code >= 0, self._t_code >= 0
-        self._s_keys = _dp_keys(s_table.canonical, s_table.raw_bytes, s_table.special)
-        self._t_keys = _dp_keys(t_table.canonical, t_table.raw_bytes, t_table.special)
+        self._s_keys = dp_keys(s_table.canonical, s_table.raw_bytes, s_table.special)
+        self._t_keys = dp_keys(t_table.canonical, t_table.raw_bytes, t_table.special)
         self._s_bytes, self._t_bytes = s_table.raw_bytes, t_table.raw_bytes
         # What a special spells when written inside the text, and which ones the post-processor
         # adds (zero-width): the DP's position line needs both (see align_dp).
         self._s_content = _special_contents(student_tokenizer, s_table.special)
         self._t_content = _special_contents(teacher_tokenizer, t_table.special)
         self.refresh_added_specials()
-        self._normalizes = any(
-            tok.backend_tokenizer.normalizer is not None
-            for tok in (student_tokenizer, teacher_tokenizer)
-        )
 
     def refresh_added_specials(self) -> None:
         """Re-read which special ids each post-processor adds around a text (the DP counts them
@@ -186,7 +171,7 @@ class TokenizerPairAligner:
         Returns:
             One :class:`SeqAlignment` per sequence.
         """
-        return self._align_offsets(
+        return self._offset.align(
             student_ids, teacher_ids, student_offsets, teacher_offsets, texts
         ).to_list()
 
@@ -200,38 +185,9 @@ class TokenizerPairAligner:
     ) -> FlatAlignment:
         """:meth:`align_batch` without per-sequence objects: flat arrays plus row splits, which
         :func:`collate_alignments` pads directly. Same arguments and row contents."""
-        return self._align_offsets(
+        return self._offset.align(
             student_ids, teacher_ids, student_offsets, teacher_offsets, texts
         ).to_flat()
-
-    def _align_offsets(
-        self,
-        student_ids,
-        teacher_ids,
-        student_offsets,
-        teacher_offsets,
-        texts=None,
-        force_slow: bool = False,
-    ) -> _FlatResult:
-        """Checks, flattening and :func:`_align_flat` (``force_slow``: every sequence through
-        the per-sequence path, for tests)."""
-        n = len(student_ids)
-        lens = [len(teacher_ids), len(student_offsets), len(teacher_offsets)]
-        if any(x != n for x in lens):
-            raise ValueError(
-                f"align_batch got {n} student sequences but {lens} teacher ids / student "
-                "offsets / teacher offsets; pass one entry per sequence in each list."
-            )
-        s = _flatten(student_ids, student_offsets, self._s_code, self._s_special, "student")
-        t = _flatten(teacher_ids, teacher_offsets, self._t_code, self._t_special, "teacher")
-        forbidden = None
-        if texts is not None and self._normalizes:
-            if len(texts) != n:
-                raise ValueError(
-                    f"align_batch got {n} sequences but {len(texts)} texts; pass one per sequence."
-                )
-            forbidden = _forbidden_cuts(texts)
-        return _align_flat(s, t, n, forbidden, force_slow)
 
     def align_dp(self, student_ids, teacher_ids) -> SeqAlignment:
         """Align one sequence pair with the paper's anchored DP over canonical tokens.

@@ -23,22 +23,33 @@ import numpy as np
 from xbench.tokenpair.canon import bytes_to_text
 from xbench.tokenpair.types import SeqAlignment
 
+__all__ = ["align_dp", "dp_keys"]
+
 # DP scores from the paper.
 _MATCH, _MISMATCH, _GAP, _SPAN_PER_TOKEN = 3.0, -3.0, -1.5, 1.5
 _MAX_SPAN = 4
 _ANCHOR_N = 3
 
 
-def _dp_keys(canonical: list[str], raw: list[bytes | None], special: list[bool]) -> list[bytes]:
-    """DP comparison key per id: true bytes for text (so split multi-byte characters concatenate
-    correctly), a NUL-prefixed role for specials (never equal to any text)."""
+def dp_keys(canonical: list[str], raw: list[bytes | None], special: list[bool]) -> list[bytes]:
+    """DP comparison key of every id of one vocabulary (index = id).
+
+    Args:
+        canonical: Canonical string per id (``canon.TokenTable.canonical``).
+        raw: True bytes per id, ``None`` for specials (``canon.TokenTable.raw_bytes``).
+        special: Whether each id is a special token.
+
+    Returns:
+        True bytes for text (so split multi-byte characters concatenate correctly), a
+        NUL-prefixed role for specials (never equal to any text).
+    """
     return [
         b"\x00" + canonical[i].encode() if special[i] or raw[i] is None else raw[i]
         for i in range(len(canonical))
     ]
 
 
-def text_positions(spelled: Sequence[bytes]) -> list[int]:
+def _text_positions(spelled: Sequence[bytes]) -> list[int]:
     """Position of every token boundary on the NFC text line, ``len(spelled) + 1`` entries.
 
     Args:
@@ -103,7 +114,7 @@ def align_dp(
     # Equal keys count as a match only at equal start and end positions; without that, repeated
     # strings let the DP pair a token with an equal token elsewhere (gaps cost less than
     # mismatches), and an earlier difference in byte totals would shift every later pair.
-    pa, pb = text_positions(a_sp), text_positions(b_sp)
+    pa, pb = _text_positions(a_sp), _text_positions(b_sp)
     steps: list[tuple[int, int, bool]] = []  # (student count, teacher count, exact)
     i0 = j0 = 0
     for ai, bj in _anchors(a, b, pa, pb):

@@ -12,8 +12,64 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from xbench.tokenpair.align_offset_slow import _align_one
+from xbench.tokenpair.align_offset_slow import align_one
+from xbench.tokenpair.canon import token_table
 from xbench.tokenpair.types import FlatAlignment, SeqAlignment
+
+__all__ = ["FlatResult", "OffsetAligner"]
+
+
+class OffsetAligner:
+    """The offset method for one student/teacher tokenizer pair, over a batch.
+
+    Args:
+        student_tokenizer: Fast tokenizer of the student.
+        teacher_tokenizer: Fast tokenizer of the teacher.
+    """
+
+    def __init__(self, student_tokenizer, teacher_tokenizer) -> None:
+        s_table, t_table = token_table(student_tokenizer), token_table(teacher_tokenizer)
+        # One integer code per canonical special role shared by both sides, -1 for text tokens:
+        # lets the vectorized path compare specials across vocabularies without strings.
+        roles: dict[str, int] = {}
+        self._s_code = _role_codes(s_table.canonical, s_table.special, roles)
+        self._t_code = _role_codes(t_table.canonical, t_table.special, roles)
+        self._s_special, self._t_special = self._s_code >= 0, self._t_code >= 0
+        self._normalizes = any(
+            tok.backend_tokenizer.normalizer is not None
+            for tok in (student_tokenizer, teacher_tokenizer)
+        )
+
+    def align(
+        self,
+        student_ids: Sequence,
+        teacher_ids: Sequence,
+        student_offsets: Sequence,
+        teacher_offsets: Sequence,
+        texts: Sequence[str] | None = None,
+        force_slow: bool = False,
+    ) -> FlatResult:
+        """Check, flatten and align a batch (arguments of ``TokenizerPairAligner.align_batch``).
+
+        ``force_slow`` sends every sequence through the per-sequence path (tests compare both).
+        """
+        n = len(student_ids)
+        lens = [len(teacher_ids), len(student_offsets), len(teacher_offsets)]
+        if any(x != n for x in lens):
+            raise ValueError(
+                f"align_batch got {n} student sequences but {lens} teacher ids / student "
+                "offsets / teacher offsets; pass one entry per sequence in each list."
+            )
+        s = _flatten(student_ids, student_offsets, self._s_code, self._s_special, "student")
+        t = _flatten(teacher_ids, teacher_offsets, self._t_code, self._t_special, "teacher")
+        forbidden = None
+        if texts is not None and self._normalizes:
+            if len(texts) != n:
+                raise ValueError(
+                    f"align_batch got {n} sequences but {len(texts)} texts; pass one per sequence."
+                )
+            forbidden = _forbidden_cuts(texts)
+        return _align_flat(s, t, n, forbidden, force_slow)
 
 
 def _role_codes(canonical: list[str], special: list[bool], roles: dict[str, int]) -> np.ndarray:
@@ -102,7 +158,7 @@ _BITMAP_MAX = 1 << 26
 _OVERLAP_LOOP_MAX = 32
 
 
-class _FlatResult:
+class FlatResult:
     """Vectorized output: flat per-token chunk ids, flat per-chunk flags, row splits, plus the
     sequences the slow path computed (which replace the flat rows)."""
 
@@ -153,12 +209,12 @@ class _FlatResult:
         )
 
 
-def _align_flat(s: _Side, t: _Side, n: int, forbidden=None, force_slow=False) -> _FlatResult:
+def _align_flat(s: _Side, t: _Side, n: int, forbidden=None, force_slow=False) -> FlatResult:
     """Vectorized offset alignment of ``n`` flattened sequence pairs.
 
     Works on all tokens at once: positions are shifted by ``seq * stride`` so sequences never
     meet, and zero-width tokens before or after a sequence's text are given neutral positions
-    instead of being removed. Rare cases are detected cheaply and sent to :func:`_align_one`
+    instead of being removed. Rare cases are detected cheaply and sent to :func:`align_one`
     per sequence (the fast path gives those sequences no chunks, then they are swapped in):
     forbidden cut positions (non-NFC text under a normalizing tokenizer), zero-width tokens on
     both sides (possible 1:1 special pairs) and zero-width tokens amid the text.
@@ -220,8 +276,8 @@ def _align_flat(s: _Side, t: _Side, n: int, forbidden=None, force_slow=False) ->
     for b in sorted(set(slow_seqs)):
         s_off, s_code, s_w = s.seq(b)
         t_off, t_code, t_w = t.seq(b)
-        slow[b] = _align_one(s_off, s_code, s_w, t_off, t_code, t_w, bad_of.get(b, ()))
-    return _FlatResult(s_chunk, t_chunk, one_to_one, valid, s.splits, t.splits, c_splits, slow)
+        slow[b] = align_one(s_off, s_code, s_w, t_off, t_code, t_w, bad_of.get(b, ()))
+    return FlatResult(s_chunk, t_chunk, one_to_one, valid, s.splits, t.splits, c_splits, slow)
 
 
 def _side_cuts(side: _Side, stride: int, n: int, line: int):

@@ -10,11 +10,26 @@ import numpy as np
 
 from xbench.tokenpair.types import SeqAlignment
 
+__all__ = ["align_one"]
 
-def _align_one(s_off, s_code, s_w, t_off, t_code, t_w, bad=()) -> SeqAlignment:
-    """Slow path: offset-align one sequence pair in plain Python (the definition the vectorized
-    path implements), plus the rare cases: forbidden cut positions ``bad`` and zero-width tokens
-    of the same role at the same chunk boundary on both sides, paired 1:1."""
+
+def align_one(s_off, s_code, s_w, t_off, t_code, t_w, bad=()) -> SeqAlignment:
+    """Offset-align one sequence pair in plain Python: the definition the vectorized path
+    implements, plus the rare cases it hands over.
+
+    Args:
+        s_off: ``(Ts, 2)`` student character offsets.
+        s_code: ``(Ts,)`` shared role code of each student token, -1 for text tokens.
+        s_w: ``(Ts,)`` bool, the student token has width (covers text).
+        t_off: ``(Tt, 2)`` same for the teacher.
+        t_code: ``(Tt,)`` same for the teacher.
+        t_w: ``(Tt,)`` same for the teacher.
+        bad: Character positions no cut may fall on (inside a cluster NFC reorders).
+
+    Returns:
+        The :class:`SeqAlignment`; zero-width tokens of the same role at the same chunk boundary
+        on both sides are paired 1:1, other zero-width tokens are gaps.
+    """
     bad = set(bad)
 
     def cuts(off, w):

@@ -16,8 +16,7 @@ special tokens have family-specific names. The canonical form is:
   tokenizer's attributes, else the bare name (``<|vision_pad|>`` -> ``<|role:vision_pad|>``).
 
 The table is deterministic (a pure function of the tokenizer's files) and the string rules are
-idempotent (:func:`normalize_surface` of its own output changes nothing; re-encoding a canonical
-string's bytes gives the same string).
+idempotent (re-encoding a canonical string's bytes gives the same string).
 """
 
 from __future__ import annotations
@@ -34,10 +33,7 @@ __all__ = [
     "bytes_to_unicode",
     "canonical_vocab",
     "decode_ids",
-    "decode_token",
-    "normalize_surface",
     "token_table",
-    "unicode_to_bytes",
 ]
 
 ROLE_PREFIX = "<|role:"
@@ -84,7 +80,6 @@ _KNOWN_ROLES: dict[str, str] = {
 _ATTR_ROLES = ("bos", "eos", "unk", "pad")
 
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-F]{2})>")
-_BYTE_RUN = re.compile(r"(?:<0x[0-9A-F]{2}>)+")
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.:-]+")
 
 
@@ -109,12 +104,6 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 @lru_cache(maxsize=1)
-def unicode_to_bytes() -> dict[str, int]:
-    """Return the inverse of :func:`bytes_to_unicode`."""
-    return {u: b for b, u in bytes_to_unicode().items()}
-
-
-@lru_cache(maxsize=1)
 def _latin1_translation() -> dict[int, int]:
     """``str.translate`` table taking byte-level characters to the Latin-1 char of their byte."""
     return {ord(u): b for b, u in bytes_to_unicode().items()}
@@ -132,29 +121,6 @@ codecs.register_error("xbench_hexbyte", _hex_errors)
 def bytes_to_text(data: bytes) -> str:
     """Decode UTF-8, writing bytes that are not part of a complete character as ``<0xHH>``."""
     return data.decode("utf-8", errors="xbench_hexbyte")
-
-
-def normalize_surface(text: str) -> str:
-    """Normalize SentencePiece surface markers in an already-decoded string (idempotent).
-
-    ``▁`` becomes ``" "``; runs of ``<0xHH>`` byte-fallback pieces are merged into characters where
-    they form valid UTF-8, the rest stay ``<0xHH>``.
-
-    Args:
-        text: A SentencePiece-style token or text.
-
-    Returns:
-        The canonical surface string.
-    """
-    text = text.replace("▁", " ")
-    if "<0x" not in text:
-        return text
-    return _BYTE_RUN.sub(lambda m: bytes_to_text(_hex_run_bytes(m.group(0))), text)
-
-
-def _hex_run_bytes(run: str) -> bytes:
-    """Bytes of a run of ``<0xHH>`` pieces."""
-    return bytes(int(h, 16) for h in _BYTE_FALLBACK.findall(run))
 
 
 def _kind(tokenizer) -> str:
@@ -306,30 +272,6 @@ def canonical_vocab(tokenizer) -> list[str]:
         ``list[str]`` with ``len == len(tokenizer)``; index = token id. A copy, safe to mutate.
     """
     return list(token_table(tokenizer).canonical)
-
-
-def decode_token(tokenizer, token_id: int) -> str:
-    """Decode one token id to its true text (bytes-level correct, no cleanup, no space stripping).
-
-    Partial UTF-8 bytes come back as ``<0xHH>``; special tokens as their ``<|role:NAME|>``.
-
-    Args:
-        tokenizer: A ``transformers`` fast tokenizer.
-        token_id: Id in ``[0, len(tokenizer))``.
-
-    Returns:
-        The token's canonical text.
-
-    Raises:
-        ValueError: ``token_id`` is out of range.
-    """
-    table = token_table(tokenizer)
-    if not 0 <= int(token_id) < len(table.canonical):
-        raise ValueError(
-            f"token_id={token_id} is outside [0, {len(table.canonical)}); pass an id of this "
-            "tokenizer's vocabulary."
-        )
-    return table.canonical[int(token_id)]
 
 
 def decode_ids(tokenizer, ids) -> str:

@@ -36,22 +36,16 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from xbench.tokenpair.projection_io import (
-    FORMAT,
-    _content_hash,
-    load_projection,
-    save_projection,
-    tokenizer_fingerprint,
-)
+from xbench.tokenpair.projection_artifact import FORMAT, Projection, tokenizer_fingerprint
 from xbench.tokenpair.projection_pairs import exact_common_pairs, relaxed_common_pairs, to_sparse
-from xbench.tokenpair.projection_retok import _retokenize, _side, _top_k, _triples
+from xbench.tokenpair.projection_retok import piece_triples, retokenize, top_k, vocab_side
 
 __all__ = [
     "Projection",
@@ -114,113 +108,6 @@ class ProjectionConfig:
         }
 
 
-@dataclass
-class Projection:
-    """Sparse W in fixed-rank form (see ``docs/contracts.md``).
-
-    Attributes:
-        indices: ``(V_S, K)`` int64 teacher ids; padding slots hold 0.
-        weights: ``(V_S, K)`` float32, sorted descending per row; a non-empty row sums to 1,
-            padding slots and empty rows hold 0.
-        meta: ``V_S`` / ``V_T`` (model head sizes), ``K``, tokenizer fingerprints and sizes,
-            rules, stats, xbench version, ``content_hash``.
-    """
-
-    indices: torch.Tensor
-    weights: torch.Tensor
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def content_hash(self) -> str:
-        """sha256 over the tensors' canonical bytes and the meta fields that define W."""
-        return _content_hash(self.indices.numpy(), self.weights.numpy(), self.meta)
-
-    @property
-    def slot_mask(self) -> torch.Tensor:
-        """``(V_S, K)`` bool: slots that hold an entry; the fixed sparsity pattern of W."""
-        return self.weights > 0
-
-    def learnable_values(self) -> torch.Tensor:
-        """Return a fresh float32 ``(V_S, K)`` copy of the weights, e.g. for ``nn.Parameter``.
-
-        P-KL learns the non-zero values with the student while the pattern (``indices`` and
-        ``slot_mask``) stays fixed; pass the parameter to ``to_sparse(..., weights=param)``.
-        """
-        return self.weights.detach().clone().float().contiguous()
-
-    def resized(self, student_head_size: int, teacher_head_size: int) -> Projection:
-        """Return W for LM heads padded beyond the tokenizers (extra rows map nowhere).
-
-        Args:
-            student_head_size: Rows of the student's LM head (>= student tokenizer size).
-            teacher_head_size: Rows of the teacher's LM head (>= teacher tokenizer size).
-
-        Raises:
-            ValueError: A head is smaller than its tokenizer.
-        """
-        for side, size in (("student", student_head_size), ("teacher", teacher_head_size)):
-            vocab = self.meta[side]["vocab_size"]
-            if isinstance(size, bool) or not isinstance(size, int) or size < vocab:
-                raise ValueError(
-                    f"{side}_head_size={size!r} is smaller than the {side} tokenizer "
-                    f"({vocab} tokens): pass the model's real output-embedding size, or the "
-                    f"tokenizer that belongs to the {side} model."
-                )
-        extra = student_head_size - self.indices.shape[0]
-        if extra < 0:  # shrinking back to a smaller (still >= vocab) padded head
-            indices, weights = self.indices[:student_head_size], self.weights[:student_head_size]
-        else:
-            k = self.indices.shape[1]
-            indices = torch.cat([self.indices, torch.zeros(extra, k, dtype=torch.int64)])
-            weights = torch.cat([self.weights, torch.zeros(extra, k, dtype=torch.float32)])
-        meta = {**self.meta, "V_S": student_head_size, "V_T": teacher_head_size}
-        padded = student_head_size - self.meta["student"]["vocab_size"]
-        meta["stats"] = {**meta["stats"], "padded_head_rows": padded}
-        proj = Projection(indices.contiguous(), weights.contiguous(), meta)
-        proj.meta["content_hash"] = proj.content_hash
-        return proj
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the artifact directory ``path`` atomically (safetensors + ``meta.json``).
-
-        The directory is assembled under a temporary name and renamed into place, so readers
-        see either nothing, the old artifact, or the complete new one.
-        """
-        return save_projection(self, path)
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        student_tok: Any = None,
-        teacher_tok: Any = None,
-        student_head_size: int | None = None,
-        teacher_head_size: int | None = None,
-    ) -> Projection:
-        """Read an artifact, check its integrity and, when given, the tokenizers and heads.
-
-        Args:
-            path: Artifact directory written by ``save``.
-            student_tok: If given, its fingerprint must match the one W was built from.
-            teacher_tok: Same for the teacher.
-            student_head_size: Student LM-head rows; padded heads get empty extra rows.
-            teacher_head_size: Teacher LM-head rows; must be >= the teacher tokenizer size.
-
-        Raises:
-            FileNotFoundError: The artifact is missing.
-            ValueError: The artifact is corrupt, or a tokenizer / head size does not fit.
-        """
-        return load_projection(
-            cls,
-            path,
-            student_tok=student_tok,
-            teacher_tok=teacher_tok,
-            student_head_size=student_head_size,
-            teacher_head_size=teacher_head_size,
-        )
-
-
 # --------------------------------------------------------------------------- builder
 
 
@@ -245,7 +132,7 @@ def build_projection(
     cfg = ProjectionConfig() if cfg is None else cfg
     if not isinstance(cfg, ProjectionConfig):
         raise ValueError(f"cfg is a {type(cfg).__name__}: pass a ProjectionConfig.")
-    s, t = _side(student_tok), _side(teacher_tok)
+    s, t = vocab_side(student_tok), vocab_side(teacher_tok)
 
     # Rule 1: canonical exact match (first teacher id wins if two share a canonical string).
     teacher_by_canon: dict[str, int] = {}
@@ -260,21 +147,21 @@ def build_projection(
     # Rule 2 (+3): decayed weights of re-tokenization pieces, as COO triples.
     piece_w = cfg.first_weight * cfg.decay ** np.arange(cfg.max_pieces, dtype=np.float64)
     rows, cols, vals = [np.flatnonzero(is_exact)], [exact[is_exact]], [np.ones(is_exact.sum())]
-    forward = _retokenize(s, t, skip=is_exact)
-    r, c, v = _triples(forward, piece_w)
+    forward = retokenize(s, t, skip=is_exact)
+    r, c, v = piece_triples(forward, piece_w)
     rows.append(r)
     cols.append(c)
     vals.append(v)
     n_reverse = 0
     if cfg.reverse_pass:
-        backward = _retokenize(t, s, skip=np.zeros(t.size, dtype=bool))
-        tc, sr, v = _triples(backward, piece_w)  # (teacher source, student piece, weight)
+        backward = retokenize(t, s, skip=np.zeros(t.size, dtype=bool))
+        tc, sr, v = piece_triples(backward, piece_w)  # (teacher source, student piece, weight)
         keep = ~(is_exact[sr] | s.special[sr])  # exact rows hold nothing else
         rows.append(sr[keep])
         cols.append(tc[keep])
         vals.append(v[keep])
         n_reverse = int(keep.sum())
-    indices, weights = _top_k(
+    indices, weights = top_k(
         np.concatenate(rows), np.concatenate(cols), np.concatenate(vals), s.size, t.size, cfg.rank
     )
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from xbench.tokenpair.projection import Projection
+    from xbench.tokenpair.projection_artifact import Projection
 
 __all__ = ["exact_common_pairs", "relaxed_common_pairs", "to_sparse"]
 

@@ -11,9 +11,11 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["VocabSide", "piece_triples", "retokenize", "top_k", "vocab_side"]
+
 
 @dataclass
-class _Side:
+class VocabSide:
     """What the builder needs to know about one tokenizer (from ``canon.token_table``)."""
 
     tok: Any
@@ -27,7 +29,8 @@ class _Side:
         return len(self.canon)
 
 
-def _side(tok: Any) -> _Side:
+def vocab_side(tok: Any) -> VocabSide:
+    """The :class:`VocabSide` of a fast tokenizer (canonical strings, specials, true bytes)."""
     from xbench.tokenpair.canon import token_table
 
     if not hasattr(tok, "backend_tokenizer"):
@@ -37,10 +40,10 @@ def _side(tok: Any) -> _Side:
         )
     table = token_table(tok)
     special = np.asarray(table.special, dtype=bool)
-    return _Side(tok, table.canonical, special, table.raw_bytes, table.kind)
+    return VocabSide(tok, table.canonical, special, table.raw_bytes, table.kind)
 
 
-def _encoder(side: _Side) -> Any:
+def _encoder(side: VocabSide) -> Any:
     """The backend tokenizer without truncation/padding (both would corrupt re-tokenization)."""
     backend = side.tok.backend_tokenizer
     if backend.truncation is None and backend.padding is None:
@@ -53,7 +56,7 @@ def _encoder(side: _Side) -> Any:
     return clean
 
 
-def _retokenize(src: _Side, dst: _Side, skip: np.ndarray) -> list[list[int]]:
+def retokenize(src: VocabSide, dst: VocabSide, skip: np.ndarray) -> list[list[int]]:
     """Re-tokenize every source token not in ``skip`` with the destination tokenizer.
 
     Returns one list of destination ids per source id (empty for skipped/special/empty tokens).
@@ -86,7 +89,7 @@ def _retokenize(src: _Side, dst: _Side, skip: np.ndarray) -> list[list[int]]:
     return out
 
 
-def _bytes_pieces(data: bytes, dst: _Side, vocab: dict[str, int]) -> list[int]:
+def _bytes_pieces(data: bytes, dst: VocabSide, vocab: dict[str, int]) -> list[int]:
     """Destination pieces for a UTF-8 fragment (bytes with no text of their own).
 
     Byte-level BPE runs its merges on the fragment's byte string; SentencePiece uses its
@@ -104,7 +107,7 @@ def _bytes_pieces(data: bytes, dst: _Side, vocab: dict[str, int]) -> list[int]:
     return []
 
 
-def _triples(pieces: list[list[int]], piece_w: np.ndarray) -> tuple[np.ndarray, ...]:
+def piece_triples(pieces: list[list[int]], piece_w: np.ndarray) -> tuple[np.ndarray, ...]:
     """Flatten per-source piece lists into (source, piece, weight) arrays, capped at max_pieces."""
     cap = len(piece_w)
     lengths = np.fromiter((min(len(p), cap) for p in pieces), dtype=np.int64, count=len(pieces))
@@ -118,7 +121,7 @@ def _triples(pieces: list[list[int]], piece_w: np.ndarray) -> tuple[np.ndarray, 
     return src, flat, piece_w[pos]
 
 
-def _top_k(
+def top_k(
     rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, n_cols: int, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sum duplicate (row, col) entries, keep the K largest per row, renormalize rows to 1."""
