@@ -12,7 +12,7 @@ from torch import Tensor
 from xbench.losses.chunks import token_slices
 from xbench.losses.view import ChunkIndex, ChunkMethod, ChunkView
 
-__all__ = ["KernelPlan", "block_elems", "kernel_plan", "row_grad_buffer"]
+__all__ = ["KernelPlan", "block_elems", "kernel_plan", "row_grad_buffer", "scaled_rows_into"]
 
 # Dense passes run over blocks of about this many elements (4 MiB of float32): temporaries this
 # small are reused by the allocator instead of page-faulted in afresh for every slice, which on a
@@ -36,6 +36,19 @@ def row_grad_buffer(flat: Tensor, index: ChunkIndex) -> Tensor:
     unread = torch.ones(flat.shape[0], dtype=torch.bool, device=flat.device)
     unread[index.pred_row] = False
     return g.index_fill_(0, torch.nonzero(unread).squeeze(1), 0)
+
+
+def scaled_rows_into(flat: Tensor, sel: Tensor, temperature: float, buf: Tensor) -> Tensor:
+    """(P, V) float32 ``flat[sel] / T`` written into the front of the reused block ``buf``."""
+    v = flat.shape[1]
+    y = buf[: sel.numel() * v].view(sel.numel(), v)
+    if flat.dtype == y.dtype:
+        torch.index_select(flat, 0, sel, out=y)
+    else:  # bf16 logits: gather, then widen into the float32 block
+        y.copy_(flat.index_select(0, sel))
+    if temperature != 1.0:
+        y.div_(temperature)
+    return y
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 from xbench.losses.chunks import with_precomputed_grads
-from xbench.losses.ops import block_elems, kernel_plan, row_grad_buffer
+from xbench.losses.ops import block_elems, kernel_plan, row_grad_buffer, scaled_rows_into
 from xbench.losses.view import ChunkIndex, ChunkOptions, ChunkView
 
 __all__ = [
@@ -254,13 +254,7 @@ def projected_kl_sums(
             rs = s_idx.pred_row[lo:hi]
             # Student: exp(z/T - max) into a reused block; its row sums give the log-partition,
             # its U columns the probabilities P reads, and later the dense gradient term.
-            y = buf[: (hi - lo) * v_s].view(hi - lo, v_s)
-            if s_flat.dtype == y.dtype:
-                torch.index_select(s_flat, 0, rs, out=y)
-            else:  # bf16 logits: gather, then widen into the float32 block
-                y.copy_(s_flat.index_select(0, rs))
-            if temperature != 1.0:
-                y.div_(temperature)
+            y = scaled_rows_into(s_flat, rs, temperature, buf)
             y.sub_(y.amax(-1, keepdim=True)).exp_()
             inv_sum = 1.0 / y.sum(-1, keepdim=True)  # (P, 1)
             e = y.index_select(1, cp.u_ids).mul_(inv_sum)  # (P, U) student probs on U
