@@ -58,11 +58,6 @@ class ChunkIndex:
     is_last: Tensor
     offsets: Tensor
 
-    @property
-    def single_token(self) -> bool:
-        """Every chunk has exactly one token on this side (fast path: no aggregation)."""
-        return int(self.pred_row.numel()) == self.num_chunks
-
     def span(self, start: int, end: int) -> tuple[int, int]:
         """Token range ``[lo, hi)`` of chunks ``start..end-1``."""
         return int(self.offsets[start]), int(self.offsets[end])
