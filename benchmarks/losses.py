@@ -46,6 +46,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V_S, V_T, B = 128_256, 151_669, 4
@@ -131,9 +132,10 @@ def run_method(
     import torch
 
     import xbench.losses as L
+    from xbench.losses import ChunkOptions, ChunkView
 
     method, generic = method.removesuffix("_generic"), method.endswith("_generic")
-    fast = {"fast": not generic}
+    opts = ChunkOptions(chunk_size=256, fast=not generic)
     d = make_inputs(T, b, real=real)
     g = torch.Generator().manual_seed(1)
     vt = V_S if method == "kd" else V_T
@@ -142,7 +144,7 @@ def run_method(
     zs = torch.randn(b, T, V_S, generator=g).to(device, dtype).requires_grad_()
     zt = (torch.randn(b, T, vt, generator=g) * 2).to(device, dtype)
     d = {k: v.to(device) for k, v in d.items()}
-    common = (zs, zt, d["sc"], d["tc"], d["mask"])
+    common = (zs, zt, ChunkView(d["sc"], d["tc"], d["mask"]))
     global _RSS0
     if cuda:
         torch.cuda.synchronize()
@@ -155,14 +157,15 @@ def run_method(
     if method == "kd":
         out = L.get("kd")(zs, zt, d["sid"], chunk_size=256)
     elif method == "gold":  # TRL's "bayesian" merge is xbench's "chain" (parity-tested)
-        out = L.get("gold")(*common, d["cs"], d["ct"], chunk_size=256, chunk_method="chain",
-                            student_ids=d["sid"], teacher_ids=d["tid"], **fast)  # fmt: skip
+        view = ChunkView(d["sc"], d["tc"], d["mask"], d["sid"], d["tid"])
+        chain = replace(opts, chunk_method="chain")
+        out = L.get("gold")(zs, zt, view, (d["cs"], d["ct"]), options=chain)
     elif method == "hkl":
-        out = L.get("hkl")(*common, d["hs"], d["ht"], chunk_size=256, **fast)
+        out = L.get("hkl")(*common, (d["hs"], d["ht"]), options=opts)
     elif method == "uld":
-        out = L.get("uld")(*common, chunk_size=256, **fast)
+        out = L.get("uld")(*common, options=opts)
     elif method == "pkl":
-        out = L.get("pkl")(*common, d["w_idx"], d["w"], top_k=TOP_K, chunk_size=256)
+        out = L.get("pkl")(*common, (d["w_idx"], d["w"]), options=replace(opts, top_k=TOP_K))
     elif method == "trl":
         return run_trl(zs, zt, d, t0, min(trl_seqs, b))
     else:

@@ -1,11 +1,11 @@
 """The closed-form GOLD / H-KL / ULD kernel equals the generic path (values and gradients).
 
 Reference = ``fast=False``: ``cross_tokenizer_sums`` over ``gold.hybrid_terms`` (gold, hkl) or
-``uld.sorted_l1`` under autograd. The kernel (``hybrid_ops.hybrid_sums``) serves the forward KL on
-the pairs with a teacher without gradient, under every chunk method, so every preset's default
-(``presets.loss_kwargs``: xbench "mean", trl "chain", authors "logmean" + top-8192 ULD + T^2 +
-weights 1:1). tests/test_losses.py, test_presets.py and test_losses_gold_trl.py check the generic
-path against naive formulas and TRL.
+``sorting.sorted_l1`` (uld) under autograd. The kernel (``hybrid_ops.hybrid_sums``) serves the
+forward KL on the pairs with a teacher without gradient, under every chunk method, so every
+preset's default (``presets.loss_kwargs``: xbench "mean", trl "chain", authors "logmean" +
+top-8192 ULD + T^2 + weights 1:1). tests/test_losses.py, test_presets.py and
+test_losses_gold_trl.py check the generic path against naive formulas and TRL.
 """
 
 from __future__ import annotations
@@ -19,23 +19,30 @@ from test_losses_helpers import random_alignment
 import xbench.losses as L
 import xbench.losses.gold as gold_mod
 import xbench.losses.hybrid_ops as ops
+import xbench.losses.uld as uld_mod
+from xbench.losses import ChunkOptions as Opts
+from xbench.losses import ChunkView
 from xbench.losses.presets import exact_pairs_from_w, loss_kwargs
-from xbench.losses.uld import sorted_l1, sorted_l1_and_sign
+from xbench.losses.sorting import sorted_l1, sorted_l1_and_sign
 
 # (method, preset) cells; hkl runs gold's code on other pairs, so one preset of it suffices here.
 CELLS = [("gold", "xbench"), ("gold", "trl"), ("gold", "authors"), ("hkl", "authors"),
          ("uld", "xbench"), ("uld", "trl"), ("uld", "authors")]  # fmt: skip
 
 
+def call(method, zs, zt, sc, tc, mask, pairs, ids=None, **kw):
+    """``method`` on the batch; ``pairs`` = () for uld; ``kw``: ChunkOptions fields."""
+    view = ChunkView(sc, tc, mask, *(ids or ()))
+    return L.get(method)(zs, zt, view, *((pairs,) if pairs else ()), options=Opts(**kw))
+
+
 def run_both(method, zs, zt, sc, tc, mask, pairs, ids=None, **kw):
     """[(total, components, logits grad, seconds)] of the generic path, then of the kernel."""
-    if kw.get("chunk_method") == "chain":
-        kw = {**kw, "student_ids": ids[0], "teacher_ids": ids[1]}
     out = []
     for fast in (False, True):
         t0 = time.perf_counter()
         z = zs.detach().clone().requires_grad_()
-        o = L.get(method)(z, zt, sc, tc, mask, *pairs, fast=fast, **kw)
+        o = call(method, z, zt, sc, tc, mask, pairs, ids, fast=fast, **kw)
         (o.total * 0.5).backward()  # a non-unit incoming gradient
         out.append((o.total, o.components, z.grad, time.perf_counter() - t0))
     return out
@@ -140,21 +147,19 @@ def test_generic_path_where_the_kernel_does_not_apply(monkeypatch) -> None:
         return real(*a, **k)
 
     monkeypatch.setattr(gold_mod, "hybrid_sums", spy)
-    monkeypatch.setattr(ops, "hybrid_sums", spy)  # uld imports it from the module at call time
+    monkeypatch.setattr(uld_mod, "hybrid_sums", spy)
     for beta in (0.5, 1.0):
-        assert torch.isfinite(L.get("gold")(zs, zt, sc, tc, mask, *pairs, beta=beta).total)
+        assert torch.isfinite(call("gold", zs, zt, sc, tc, mask, pairs, beta=beta).total)
     zt_g = zt.clone().requires_grad_()
-    o = L.get("hkl")(zs, zt_g, sc, tc, mask, *pairs)
+    o = call("hkl", zs, zt_g, sc, tc, mask, pairs)
     o.total.backward()
     assert zt_g.grad is not None and zt_g.grad.abs().sum() > 0
-    L.get("uld")(zs, zt_g, sc, tc, mask).total.backward()
+    call("uld", zs, zt_g, sc, tc, mask, ()).total.backward()
     assert not calls
     for preset in ("xbench", "trl", "authors"):
         for method in ("gold", "uld") if preset == "trl" else ("gold", "hkl", "uld"):
             kw = loss_kwargs(preset, method)
-            if kw.get("chunk_method") == "chain":
-                kw = {**kw, "student_ids": ids[0], "teacher_ids": ids[1]}
-            L.get(method)(zs, zt, sc, tc, mask, *(pairs if method != "uld" else ()), **kw)
+            call(method, zs, zt, sc, tc, mask, pairs if method != "uld" else (), ids, **kw)
             assert len(calls) == 1, (preset, method)
             calls.clear()
 
@@ -163,11 +168,11 @@ def test_no_grad_and_empty_batch() -> None:
     zs, zt, sc, tc, mask, pairs, _ = small_case(seed=8)
     none = torch.zeros_like(mask)
     for method, p in (("gold", pairs), ("uld", ())):
-        o = L.get(method)(zs.requires_grad_(), zt, sc, tc, none, *p)
+        o = call(method, zs.requires_grad_(), zt, sc, tc, none, p)
         assert int(o.count) == 0 and float(o.total.detach()) == 0.0
         with torch.no_grad():
-            a = L.get(method)(zs, zt, sc, tc, mask, *p, fast=False)
-            b = L.get(method)(zs, zt, sc, tc, mask, *p)
+            a = call(method, zs, zt, sc, tc, mask, p, fast=False)
+            b = call(method, zs, zt, sc, tc, mask, p)
         assert not b.total.requires_grad
         torch.testing.assert_close(b.total, a.total)
 

@@ -16,17 +16,19 @@ from test_losses_helpers import (
 )
 
 import xbench.losses as L
-from xbench.losses.chunks import build_chunk_index, chunk_log_probs
+from xbench.losses import ChunkOptions as Opts
+from xbench.losses import ChunkView
+from xbench.losses.chunks import rows_log_probs
 from xbench.losses.combine import (
     adaptive_teacher_weights,
     average_teacher_logits,
     best_teacher,
     mix_ce_kd,
     teacher_scores,
-    weighted_teachers,
 )
 from xbench.losses.kd import divergence_terms
-from xbench.losses.uld import sorted_l1
+from xbench.losses.sorting import sorted_l1
+from xbench.losses.view import build_chunk_index
 
 torch.set_default_dtype(torch.float32)
 B, TS, TT, VS, VT, K = 3, 12, 14, 11, 13, 3
@@ -49,8 +51,15 @@ def batch() -> dict[str, torch.Tensor]:
     }  # fmt: skip
 
 
-def xargs(d: dict, method: str = "mean") -> dict:
-    return {"chunk_method": method, "student_ids": d["sid"], "teacher_ids": d["tid"]}
+def view(d: dict) -> ChunkView:
+    """The batch's chunks and token ids."""
+    return ChunkView(d["sc"], d["tc"], d["mask"], d["sid"], d["tid"])
+
+
+def chunk_log_probs(flat, idx, method: str = "mean", temperature: float = 1.0):
+    """Log chunk distributions of every valid chunk of ``idx`` from the flat logits."""
+    lo, hi = idx.span(0, idx.num_chunks)
+    return rows_log_probs(flat[idx.pred_row[lo:hi]], idx, 0, idx.num_chunks, method, temperature)
 
 
 # ---------------------------------------------------------------- ce / kd
@@ -137,7 +146,7 @@ def test_divergence_terms_rejects_bad_beta() -> None:
 def test_chunk_distributions_match_loops(batch: dict, method: str) -> None:
     idx = build_chunk_index(batch["sc"], batch["mask"], batch["sid"])
     flat = batch["s"].detach().reshape(-1, VS)
-    got = chunk_log_probs(flat, idx, 0, idx.num_chunks, method, temperature=1.3).exp()
+    got = chunk_log_probs(flat, idx, method, temperature=1.3).exp()
     ref = naive_chunks(batch["s"].detach(), batch["sc"], batch["mask"], batch["sid"], method, 1.3)
     assert got.shape == ref.shape
     assert torch.allclose(got.double(), ref, atol=1e-6)
@@ -149,7 +158,7 @@ def test_chunk_reads_the_predicting_position() -> None:
     z[0, 1, 3] = 10.0  # position 1 predicts token 3 at position 2
     chunk = torch.tensor([[-1, -1, 0, -1]])
     idx = build_chunk_index(chunk, torch.tensor([[True]]))
-    lq = chunk_log_probs(z.reshape(-1, 5), idx, 0, 1)
+    lq = chunk_log_probs(z.reshape(-1, 5), idx)
     assert int(lq.argmax()) == 3 and lq.exp()[0, 3] > 0.99
 
 
@@ -200,10 +209,8 @@ def naive_hybrid(d, pairs_s, pairs_t, method, beta=0.0, weights="adaptive"):
 def test_gold_hkl_match_naive(batch: dict, method: str, name: str) -> None:
     d = batch
     for beta, weights in ((0.0, "adaptive"), (0.5, (0.7, 0.3))):
-        out = L.get(name)(
-            d["s"], d["t"], d["sc"], d["tc"], d["mask"], d["ps"], d["pt"], beta=beta,
-            weights=weights, chunk_size=2, **xargs(d, method),
-        )  # fmt: skip
+        opts = Opts(beta=beta, weights=weights, chunk_size=2, chunk_method=method)
+        out = L.get(name)(d["s"], d["t"], view(d), (d["ps"], d["pt"]), options=opts)
         ref = naive_hybrid(d, d["ps"], d["pt"], method, beta, weights)
         assert out.total.item() == pytest.approx(ref, abs=1e-5)
         assert int(out.count) == int(d["mask"].sum())
@@ -211,7 +218,7 @@ def test_gold_hkl_match_naive(batch: dict, method: str, name: str) -> None:
 
 def test_uld_matches_naive(batch: dict) -> None:
     d = batch
-    out = L.get("uld")(d["s"], d["t"], d["sc"], d["tc"], d["mask"], **xargs(d))
+    out = L.get("uld")(d["s"], d["t"], view(d))
     ps = naive_chunks(d["s"].detach(), d["sc"], d["mask"], d["sid"], "mean")
     pt = naive_chunks(d["t"], d["tc"], d["mask"], d["tid"], "mean")
     assert out.total.item() == pytest.approx(naive_sorted_l1(ps, pt).sum().item(), abs=1e-5)
@@ -224,11 +231,12 @@ def test_gold_zero_when_identical_and_fully_paired() -> None:
     chunk = torch.tensor([[-1, 0, 1, 2, 3, -1], [-1, 0, 1, 1, 2, 3]])
     mask = torch.ones(2, 4, dtype=torch.bool)
     ids = torch.arange(9)
+    v = ChunkView(chunk, chunk, mask)
     for beta in (0.0, 0.5, 1.0):
-        out = L.get("gold")(z, z, chunk, chunk, mask, ids, ids, beta=beta)
+        out = L.get("gold")(z, z, v, (ids, ids), options=Opts(beta=beta))
         assert abs(out.total.item()) < 1e-6
     # and ULD alone is 0 for identical chunk distributions over identical vocabularies
-    assert abs(L.get("uld")(z, z, chunk, chunk, mask).total.item()) < 1e-6
+    assert abs(L.get("uld")(z, z, v).total.item()) < 1e-6
 
 
 # ---------------------------------------------------------------- pkl / xtoken
@@ -259,10 +267,8 @@ def test_pkl_matches_dense_reference(batch: dict, method, top_k, scope, T) -> No
     idx[:, 0] = torch.arange(VS) % VT
     idx[VS - (VT - VS) :, 1] = torch.arange(VS, VT)
     w = torch.where(idx[:, 1:2] >= VS, torch.tensor([0.5, 0.5, 0.0]), w)
-    out = L.get("pkl")(
-        d["s"], d["t"], d["sc"], d["tc"], d["mask"], idx, w, top_k=top_k, top_k_scope=scope,
-        temperature=T, chunk_size=3, **xargs(d, method),
-    )  # fmt: skip
+    opts = Opts(top_k=top_k, top_k_scope=scope, temperature=T, chunk_size=3, chunk_method=method)
+    out = L.get("pkl")(d["s"], d["t"], view(d), (idx, w), options=opts)
     assert out.total.item() == pytest.approx(
         naive_pkl(d, idx, w, top_k, method, T, scope), abs=1e-4
     )
@@ -277,7 +283,7 @@ def test_pkl_zero_when_teacher_is_projected_student() -> None:
     mask = torch.ones(2, 4, dtype=torch.bool)
     idx = torch.arange(9)[:, None]
     w = torch.ones(9, 1)
-    out = L.get("pkl")(z, z, chunk, chunk, mask, idx, w, top_k=9)
+    out = L.get("pkl")(z, z, ChunkView(chunk, chunk, mask), (idx, w), options=Opts(top_k=9))
     assert abs(out.total.item()) < 1e-6
     assert out.components["top1_agree"].item() == 4 + 4
 
@@ -287,8 +293,8 @@ def test_learnable_projection_starts_at_w0_and_gets_grads(batch: dict) -> None:
     proj = L.LearnableProjection(d["idx"], d["w"])
     assert torch.allclose(proj.weights(), d["w"], atol=1e-5)
     assert torch.all(proj.weights()[d["w"] == 0] == 0)
-    out = L.get("pkl")(d["s"], d["t"], d["sc"], d["tc"], d["mask"], proj.indices,
-                       proj.weights(), top_k=8, chunk_size=2)  # fmt: skip
+    out = L.get("pkl")(d["s"], d["t"], view(d), (proj.indices, proj.weights()),
+                       options=Opts(top_k=8, chunk_size=2))  # fmt: skip
     out.total.backward()
     assert proj.raw.grad is not None and torch.isfinite(proj.raw.grad).all()
     assert proj.raw.grad.abs().sum() > 0
@@ -298,11 +304,12 @@ def test_learnable_projection_starts_at_w0_and_gets_grads(batch: dict) -> None:
 
 def test_xtoken_endpoints(batch: dict) -> None:
     d = batch
-    common = (d["s"], d["t"], d["sc"], d["tc"], d["mask"])
-    h = L.get("hkl")(*common, d["ps"], d["pt"])
-    p = L.get("pkl")(*common, d["idx"], d["w"], top_k=6)
+    common = (d["s"], d["t"], view(d))
+    pairs, w = (d["ps"], d["pt"]), (d["idx"], d["w"])
+    h = L.get("hkl")(*common, pairs)
+    p = L.get("pkl")(*common, w, options=Opts(top_k=6))
     for alpha, ref in ((1.0, h.total), (0.0, p.total), (0.3, 0.3 * h.total + 0.7 * p.total)):
-        x = L.get("xtoken")(*common, d["ps"], d["pt"], d["idx"], d["w"], alpha=alpha, top_k=6)
+        x = L.get("xtoken")(*common, pairs, w, alpha=alpha, options=Opts(top_k=6))
         assert torch.allclose(x.total, ref, atol=1e-5)
 
 
@@ -310,7 +317,8 @@ def test_xtoken_endpoints(batch: dict) -> None:
 
 
 def call(name: str, d: dict, chunk_size: int | None, **kw):
-    common = (d["s"], d["t"], d["sc"], d["tc"], d["mask"])
+    common = (d["s"], d["t"], view(d))
+    pairs = (d["ps"], d["pt"])
     if name == "ce":
         y = d["sid"].clone()
         y[:, :2] = -100
@@ -321,16 +329,14 @@ def call(name: str, d: dict, chunk_size: int | None, **kw):
         return L.get("kd")(d["s"], d["s"].detach().flip(-1) * 0.5, y, chunk_size=chunk_size,
                            divergence="jsd", beta=0.4)  # fmt: skip
     if name == "uld":
-        return L.get("uld")(*common, chunk_size=chunk_size, **xargs(d, "chain"))
+        return L.get("uld")(*common, options=Opts(chunk_size=chunk_size, chunk_method="chain"))
     if name in ("gold", "hkl"):
-        return L.get(name)(*common, d["ps"], d["pt"], chunk_size=chunk_size, **xargs(d))
+        return L.get(name)(*common, pairs, options=Opts(chunk_size=chunk_size))
+    w = (d["idx"], kw.get("w", d["w"]))
+    opts = Opts(top_k=7, top_k_scope=kw.get("scope", "microbatch"), chunk_size=chunk_size)
     if name == "pkl":
-        return L.get("pkl")(*common, d["idx"], kw.get("w", d["w"]), top_k=7,
-                            top_k_scope=kw.get("scope", "microbatch"), chunk_size=chunk_size,
-                            **xargs(d))  # fmt: skip
-    return L.get("xtoken")(*common, d["ps"], d["pt"], d["idx"], kw.get("w", d["w"]), alpha=0.4,
-                           top_k=7, top_k_scope=kw.get("scope", "microbatch"),
-                           chunk_size=chunk_size)  # fmt: skip
+        return L.get("pkl")(*common, w, options=opts)
+    return L.get("xtoken")(*common, pairs, w, alpha=0.4, options=opts)
 
 
 NAMES = ["ce", "kd", "uld", "gold", "hkl", "pkl", "xtoken"]
@@ -391,6 +397,21 @@ def test_registry_unknown_name() -> None:
     with pytest.raises(KeyError, match="known"):
         L.get("nope")
     assert set(NAMES) <= set(L.available())
+    assert L.get("gold") is L.get("hkl")  # one function; the pairs passed in differ
+
+
+def test_options_a_loss_does_not_read_are_refused(batch: dict) -> None:
+    """A ChunkOptions field set away from its default that the loss ignores: one sentence."""
+    d = batch
+    with pytest.raises(ValueError, match=r"ChunkOptions.beta=0.5 is not read by the uld loss"):
+        L.get("uld")(d["s"], d["t"], view(d), options=Opts(beta=0.5))
+    with pytest.raises(ValueError, match=r"ChunkOptions.truncate=8 is not read by the pkl loss"):
+        L.get("pkl")(d["s"], d["t"], view(d), (d["idx"], d["w"]), options=Opts(truncate=8))
+    with pytest.raises(ValueError, match=r"ChunkOptions.weights='fixed' is unknown"):
+        L.get("gold")(d["s"], d["t"], view(d), (d["ps"], d["pt"]), options=Opts(weights="fixed"))
+    with pytest.raises(ValueError, match="chunk_method='chain' needs the token ids"):
+        L.get("uld")(d["s"], d["t"], ChunkView(d["sc"], d["tc"], d["mask"]),
+                     options=Opts(chunk_method="chain"))  # fmt: skip
 
 
 # ---------------------------------------------------------------- combine
@@ -427,8 +448,6 @@ def test_dynamic_scaling_with_negative_or_tiny_kd() -> None:
 
 
 def test_multi_teacher_helpers() -> None:
-    a, b = torch.tensor(1.0), torch.tensor(3.0)
-    assert weighted_teachers([a, b], [0.2, 0.8]).item() == pytest.approx(2.6)
     w = adaptive_teacher_weights([torch.tensor(0.0), torch.tensor(math.log(3.0))])
     assert torch.allclose(w, torch.tensor([0.25, 0.75]))
     assert best_teacher([torch.tensor(-2.0), torch.tensor(-1.0)]) == 1
@@ -468,21 +487,21 @@ def test_eager_slices_match_one_graph_with_scaled_upstream(batch: dict, name: st
     """Slice-wise gradients during the forward == one autograd graph, for logits and learnable W,
     also when the loss is scaled downstream (backward gets a gradient != 1)."""
     d = batch
-    common = (d["s"], d["t"], d["sc"], d["tc"], d["mask"])
+    common = (d["s"], d["t"], view(d))
     res = []
     for ckpt in (False, True):
         proj = L.LearnableProjection(d["idx"], d["w"])
         d["s"].grad = None
         if name == "gold":
-            out = L.get("gold")(*common, d["ps"], d["pt"], beta=0.3, chunk_size=2,
-                                use_checkpoint=ckpt, **xargs(d, "chain"))  # fmt: skip
+            opts = Opts(beta=0.3, chunk_size=2, use_checkpoint=ckpt, chunk_method="chain")
+            out = L.get("gold")(*common, (d["ps"], d["pt"]), options=opts)
         elif name == "pkl":
-            out = L.get("pkl")(*common, proj.indices, proj.weights(), top_k=7, chunk_size=2,
-                               use_checkpoint=ckpt, temperature=1.7, **xargs(d))  # fmt: skip
+            opts = Opts(top_k=7, chunk_size=2, use_checkpoint=ckpt, temperature=1.7)
+            out = L.get("pkl")(*common, (proj.indices, proj.weights()), options=opts)
         else:
-            out = L.get("xtoken")(*common, d["ps"], d["pt"], proj.indices, proj.weights(),
-                                  alpha=0.4, top_k=7, chunk_size=3,
-                                  use_checkpoint=ckpt)  # fmt: skip
+            out = L.get("xtoken")(*common, (d["ps"], d["pt"]), (proj.indices, proj.weights()),
+                                  alpha=0.4, options=Opts(top_k=7, chunk_size=3,
+                                                          use_checkpoint=ckpt))  # fmt: skip
         (2.5 * out.total).backward()
         gw = proj.raw.grad.clone() if proj.raw.grad is not None else None
         res.append((out.total.detach(), d["s"].grad.clone(), gw))
@@ -494,7 +513,7 @@ def test_eager_slices_match_one_graph_with_scaled_upstream(batch: dict, name: st
 
 def test_eager_slices_refuse_second_backward(batch: dict) -> None:
     d = batch
-    out = L.get("uld")(d["s"], d["t"], d["sc"], d["tc"], d["mask"], chunk_size=2)
+    out = L.get("uld")(d["s"], d["t"], view(d), options=Opts(chunk_size=2))
     out.total.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="twice"):
         out.total.backward()
@@ -508,5 +527,5 @@ def test_teacher_topk_mass_matches_chunk_distributions(batch: dict) -> None:
     pt = naive_chunks(d["t"], d["tc"], d["mask"], d["tid"], "mean", 1.3)
     for k in (3, 6, 9):
         ref = torch.sort(pt.sum(0).topk(k).indices).values
-        got = teacher_topk_columns(d["t"], d["tc"], d["mask"], k, temperature=1.3, chunk_size=2)
+        got = teacher_topk_columns(d["t"], view(d), k, options=Opts(temperature=1.3, chunk_size=2))
         assert torch.equal(got, ref)

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import xbench.losses as L
+from xbench.losses import ChunkOptions as Opts
+from xbench.losses import ChunkView
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 gold_trainer = pytest.importorskip("trl.experimental.gold.gold_trainer")
@@ -79,20 +81,16 @@ def test_gold_trl_variant_equals_trl_hybrid(beta: float, weights) -> None:
 
     cs, ct = trl_pairs()
     w = "adaptive" if weights[0] is None else weights
-    out = L.get("gold")(
-        zs, zt, groups_to_chunks(s_groups, Ts), groups_to_chunks(t_groups, Tt),
-        torch.ones(1, len(s_groups), dtype=torch.bool), cs, ct, beta=beta, weights=w,
-        chunk_method="chain", student_ids=sid, teacher_ids=tid, chunk_size=2,
-    )  # fmt: skip
+    view = ChunkView(groups_to_chunks(s_groups, Ts), groups_to_chunks(t_groups, Tt),
+                     torch.ones(1, len(s_groups), dtype=torch.bool), sid, tid)  # fmt: skip
+    opts = Opts(beta=beta, weights=w, chunk_method="chain", chunk_size=2)
+    out = L.get("gold")(zs, zt, view, (cs, ct), options=opts)
     assert (out.total / out.count).item() == pytest.approx(ref.item(), abs=1e-5)
     # kd.semantics=trl is exactly this call (the preset picks the "bayesian" = chain merge).
     from xbench.losses.presets import loss_kwargs
 
-    out_p = L.get("gold")(
-        zs, zt, groups_to_chunks(s_groups, Ts), groups_to_chunks(t_groups, Tt),
-        torch.ones(1, len(s_groups), dtype=torch.bool), cs, ct, beta=beta, weights=w,
-        student_ids=sid, teacher_ids=tid, **loss_kwargs("trl", "gold"),
-    )  # fmt: skip
+    preset = Opts(beta=beta, weights=w, **loss_kwargs("trl", "gold"))
+    out_p = L.get("gold")(zs, zt, view, (cs, ct), options=preset)
     assert (out_p.total / out_p.count).item() == pytest.approx(ref.item(), abs=1e-5)
     # ... and its gradient w.r.t. the student logits, through TRL's own merge and hybrid loss.
     z = zs.clone().requires_grad_()
@@ -100,11 +98,7 @@ def test_gold_trl_variant_equals_trl_hybrid(beta: float, weights) -> None:
     sa_g = u._merge_probabilities_with_alignment_groups(ps_g, s_groups, sid[0, 1:].tolist())
     (g_ref,) = torch.autograd.grad(u._compute_hybrid_uld_loss(sa_g, ta), z)
     z2 = zs.clone().requires_grad_()
-    mine = L.get("gold")(
-        z2, zt, groups_to_chunks(s_groups, Ts), groups_to_chunks(t_groups, Tt),
-        torch.ones(1, len(s_groups), dtype=torch.bool), cs, ct, beta=beta, weights=w,
-        student_ids=sid, teacher_ids=tid, **loss_kwargs("trl", "gold"),
-    )  # fmt: skip
+    mine = L.get("gold")(z2, zt, view, (cs, ct), options=preset)
     (g_mine,) = torch.autograd.grad(mine.total / mine.count, z2)
     assert torch.allclose(g_mine, g_ref, atol=1e-6), (g_mine - g_ref).abs().max()
     # One-token chunks: both chunk methods reduce to the next-token distribution.
@@ -112,10 +106,9 @@ def test_gold_trl_variant_equals_trl_hybrid(beta: float, weights) -> None:
     sa1 = F.softmax(zs[0, : Ts - 1], -1)
     ta1 = F.softmax(zt[0, : Ts - 1], -1)
     ref1 = u._compute_hybrid_uld_loss(sa1, ta1)
-    out1 = L.get("gold")(
-        zs, zt[:, :Ts], groups_to_chunks(one, Ts), groups_to_chunks(one, Ts),
-        torch.ones(1, Ts - 1, dtype=torch.bool), cs, ct, beta=beta, weights=w,
-    )  # fmt: skip
+    view1 = ChunkView(groups_to_chunks(one, Ts), groups_to_chunks(one, Ts),
+                      torch.ones(1, Ts - 1, dtype=torch.bool))  # fmt: skip
+    out1 = L.get("gold")(zs, zt[:, :Ts], view1, (cs, ct), options=Opts(beta=beta, weights=w))
     assert (out1.total / out1.count).item() == pytest.approx(ref1.item(), abs=1e-5)
 
 
@@ -172,7 +165,8 @@ def test_proposition1_gold_suppresses_uncommon_pkl_does_not(seed: int) -> None:
     uncommon = torch.tensor([s for s, t in enumerate(STUDENT) if t not in tv])
     zs, zt, chunk, mask = prop1_batch(seed)
     # The common-set term alone (weights (1, 0)), forward KL as in the paper's proposition.
-    out = L.get("gold")(zs, zt, chunk, chunk, mask, cs, ct, beta=0.0, weights=(1.0, 0.0))
+    view = ChunkView(chunk, chunk, mask)
+    out = L.get("gold")(zs, zt, view, (cs, ct), options=Opts(beta=0.0, weights=(1.0, 0.0)))
     (grad,) = torch.autograd.grad(out.total, zs)
     g_unc = grad[..., uncommon]  # (B, T, |U|)
     assert (g_unc >= -1e-7).all(), "common-set KL must push every uncommon logit down"
@@ -182,7 +176,7 @@ def test_proposition1_gold_suppresses_uncommon_pkl_does_not(seed: int) -> None:
     assert torch.allclose(g_unc[0, 0], ps[uncommon] * pt[ct].sum(), atol=1e-6)
 
     idx, w = digit_projection()
-    out = L.get("pkl")(zs, zt, chunk, chunk, mask, idx, w, top_k=len(TEACHER))
+    out = L.get("pkl")(zs, zt, view, (idx, w), options=Opts(top_k=len(TEACHER)))
     (grad,) = torch.autograd.grad(out.total, zs)
     assert (grad[..., uncommon] < -1e-6).any(), "P-KL should raise some multi-digit numerals"
 
@@ -253,11 +247,10 @@ def test_uld_trl_preset_equals_trl_uld_loss(sizes_s, sizes_t, T: float, V) -> No
         )
         return c
 
-    out = L.get("uld")(
-        zs, zt, chunks(sizes_s, Ts), chunks(sizes_t, Tt),
-        torch.ones(1, len(sizes_s), dtype=torch.bool), temperature=T, student_ids=sid,
-        teacher_ids=tid, chunk_size=3, **loss_kwargs("trl", "uld"),
-    )  # fmt: skip
+    view = ChunkView(chunks(sizes_s, Ts), chunks(sizes_t, Tt),
+                     torch.ones(1, len(sizes_s), dtype=torch.bool), sid, tid)  # fmt: skip
+    opts = Opts(temperature=T, chunk_size=3, **loss_kwargs("trl", "uld"))
+    out = L.get("uld")(zs, zt, view, options=opts)
     mine = out.total / out.count
     (g_mine,) = torch.autograd.grad(mine, zs)
     assert mine.item() == pytest.approx(ref.item(), abs=1e-5)

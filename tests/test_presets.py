@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import xbench.losses as L
+from xbench.losses import ChunkOptions as Opts
+from xbench.losses import ChunkView
 from xbench.losses.options import check_kd_options
 from xbench.losses.presets import FORMULAS, PRESETS, exact_pairs_from_w, loss_kwargs
 
@@ -95,7 +97,7 @@ def _compare(ours_fn, ref_fn, d) -> None:
 
 
 def _args(d, zs):
-    return (zs, d["zt"], d["sc"], d["tc"], d["mask"])
+    return (zs, d["zt"], ChunkView(d["sc"], d["tc"], d["mask"]))
 
 
 @pytest.mark.parametrize("method", ["gold", "hkl"])
@@ -108,9 +110,9 @@ def test_authors_gold_hkl_match_naive(real, method: str) -> None:
         from xbench.tokenpair.projection_pairs import relaxed_common_pairs
 
         cs, ct = relaxed_common_pairs(Projection(d["idx"], d["w"], {}), 0.6)
-    kw = loss_kwargs("authors", method)
+    opts = Opts(temperature=T, chunk_size=3, **loss_kwargs("authors", method))
     _compare(
-        lambda zs: L.get(method)(*_args(d, zs), cs, ct, temperature=T, chunk_size=3, **kw),
+        lambda zs: L.get(method)(*_args(d, zs), (cs, ct), options=opts),
         lambda zs: naive_hybrid(d, zs, cs, ct),
         d,
     )
@@ -119,10 +121,9 @@ def test_authors_gold_hkl_match_naive(real, method: str) -> None:
 def test_authors_uld_matches_naive(real) -> None:
     # The authors' l1 rule on the whole vocabularies = the hybrid with no pairs.
     d, none = real, torch.zeros(0, dtype=torch.long)
+    opts = Opts(temperature=T, chunk_size=3, **loss_kwargs("authors", "uld"))
     _compare(
-        lambda zs: L.get("uld")(
-            *_args(d, zs), temperature=T, chunk_size=3, **loss_kwargs("authors", "uld")
-        ),
+        lambda zs: L.get("uld")(*_args(d, zs), options=opts),
         lambda zs: naive_hybrid(d, zs, none, none),
         d,
     )
@@ -133,12 +134,8 @@ def test_authors_pkl_and_xtoken_match_naive(real) -> None:
     _compare(
         lambda zs: L.get("pkl")(
             *_args(d, zs),
-            d["idx"],
-            d["w"],
-            top_k=K,
-            temperature=T,
-            chunk_size=3,
-            **loss_kwargs("authors", "pkl"),
+            (d["idx"], d["w"]),
+            options=Opts(top_k=K, temperature=T, chunk_size=3, **loss_kwargs("authors", "pkl")),
         ),
         lambda zs: naive_pkl(d, zs, d["idx"], d["w"]),
         d,
@@ -150,15 +147,10 @@ def test_authors_pkl_and_xtoken_match_naive(real) -> None:
     _compare(
         lambda zs: L.get("xtoken")(
             *_args(d, zs),
-            cs,
-            ct,
-            d["idx"],
-            d["w"],
+            (cs, ct),
+            (d["idx"], d["w"]),
             alpha=0.3,
-            top_k=K,
-            temperature=T,
-            chunk_size=3,
-            **loss_kwargs("authors", "xtoken"),
+            options=Opts(top_k=K, temperature=T, chunk_size=3, **loss_kwargs("authors", "xtoken")),
         ),
         lambda zs: 0.3 * naive_hybrid(d, zs, cs, ct) + 0.7 * naive_pkl(d, zs, d["idx"], d["w"]),
         d,
@@ -293,18 +285,20 @@ def test_xbench_cross_tokenizer_methods_match_naive(real, trl_pairs_real, method
     kw = {"temperature": T, "chunk_size": 3, **loss_kwargs("xbench", method)}
     if method in ("uld", "gold", "hkl"):
         cs, ct = pairs[method]
-        extra = () if method == "uld" else (cs, ct)
-        ours = lambda zs: L.get(method)(*_args(d, zs), *extra, **kw)  # noqa: E731
+        extra = () if method == "uld" else ((cs, ct),)
+        ours = lambda zs: L.get(method)(*_args(d, zs), *extra, options=Opts(**kw))  # noqa: E731
         ref = lambda zs: naive_xbench_hybrid(d, zs, cs, ct)  # noqa: E731
     elif method == "pkl":
-        ours = lambda zs: L.get("pkl")(*_args(d, zs), d["idx"], d["w"], top_k=K, **kw)  # noqa: E731
+        ours = lambda zs: L.get("pkl")(  # noqa: E731
+            *_args(d, zs), (d["idx"], d["w"]), options=Opts(top_k=K, **kw)
+        )
         ref = lambda zs: naive_xbench_pkl(d, zs, d["idx"], d["w"])  # noqa: E731
     else:
         cs, ct = pairs["hkl"]
 
         def ours(zs):
             return L.get("xtoken")(
-                *_args(d, zs), cs, ct, d["idx"], d["w"], alpha=0.3, top_k=K, **kw
+                *_args(d, zs), (cs, ct), (d["idx"], d["w"]), alpha=0.3, options=Opts(top_k=K, **kw)
             )
 
         def ref(zs):

@@ -17,6 +17,8 @@ import torch
 from test_losses_helpers import random_alignment, random_projection
 
 import xbench.losses.pkl as pkl_mod
+from xbench.losses import ChunkOptions as Opts
+from xbench.losses import ChunkView
 from xbench.losses.pkl import LearnableProjection, pkl_loss, teacher_topk_columns
 from xbench.losses.projection_ops import projected_kl_sums, restrict_columns
 
@@ -37,9 +39,9 @@ def run_both(zs, zt, sc, tc, mask, idx, w0, top_k, temperature, chunk_size=256, 
         t0 = time.perf_counter()
         z = zs.detach().clone().requires_grad_()
         proj = LearnableProjection(idx, w0)
-        o = pkl_loss(z, zt, sc, tc, mask, idx, proj.weights(), top_k=top_k,
-                     temperature=temperature, chunk_size=chunk_size, authors=authors,
-                     fast=fast)  # fmt: skip
+        opts = Opts(top_k=top_k, temperature=temperature, chunk_size=chunk_size,
+                    authors=authors, fast=fast)  # fmt: skip
+        o = pkl_loss(z, zt, ChunkView(sc, tc, mask), (idx, proj.weights()), options=opts)
         sums = {"loss": o.total, **o.components}
         (sums["loss"] * 0.5).backward()  # a non-unit incoming gradient
         out.append((sums, z.grad, proj.raw.grad, time.perf_counter() - t0))
@@ -108,7 +110,8 @@ def test_unreachable_columns_are_dropped_and_one_token_gradient_is_sparse() -> N
     p_t = torch.softmax(zt[:, :-1], -1)  # row p - 1 predicts chunk p (1..8)
     torch.testing.assert_close(new[0]["teacher_mass_unreachable"], p_t[..., unreach].sum())
     gz = new[1]
-    cols = teacher_topk_columns(zt, sc, mask, 4, allowed=torch.nonzero(~unreach).squeeze(1))
+    view = ChunkView(sc, sc, mask)
+    cols = teacher_topk_columns(zt, view, 4, allowed=torch.nonzero(~unreach).squeeze(1))
     hit = torch.zeros(zs.shape[-1], dtype=torch.bool)
     hit[restrict_columns(idx, w0, cols, 20).u_ids] = True
     assert 0 < int(hit.sum()) < zs.shape[-1]
@@ -163,16 +166,17 @@ def test_hand_made_value() -> None:
     mask = torch.tensor([[False, True]])
     idx = torch.tensor([[0, 1], [2, 0]])  # token 0 -> 0.5 t0 + 0.5 t1; token 1 -> t2
     w = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
-    sums, n = projected_kl_sums(zs, zt, sc, tc, mask, idx, w)
+    view = ChunkView(sc, tc, mask)
+    sums, n = projected_kl_sums(zs, zt, view, (idx, w))
     q = torch.tensor([0.125, 0.125, 0.75])
     pt = torch.tensor([0.5, 0.25, 0.25])
     assert n == 1
     torch.testing.assert_close(sums["loss"], (pt * (pt / q).log()).sum())
-    sub, _ = projected_kl_sums(zs, zt, sc, tc, mask, idx, w, columns=torch.tensor([0, 2]))
+    sub, _ = projected_kl_sums(zs, zt, view, (idx, w), columns=torch.tensor([0, 2]))
     q2, pt2 = q[[0, 2]] / q[[0, 2]].sum(), pt[[0, 2]] / pt[[0, 2]].sum()  # renormalized on S
     torch.testing.assert_close(sub["loss"], (pt2 * (pt2 / q2).log()).sum())
     # S limited to reachable ids {0, 2}: the same set, and t1's teacher mass is "unreachable"
-    r, _ = projected_kl_sums(zs, zt, sc, tc, mask, idx, w, reach=torch.tensor([0, 2]))
+    r, _ = projected_kl_sums(zs, zt, view, (idx, w), reach=torch.tensor([0, 2]))
     torch.testing.assert_close(r["loss"], sub["loss"])
     torch.testing.assert_close(r["teacher_mass_unreachable"], torch.tensor(0.25))
 
@@ -187,7 +191,8 @@ def test_hand_made_authors_value() -> None:
     idx = torch.tensor([[0, 1], [2, 0]])
     w = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
     cols = torch.tensor([0, 2])
-    sums, _ = projected_kl_sums(zs, zt, sc, tc, mask, idx, w, columns=cols, teacher_log_means=True)
+    view = ChunkView(sc, tc, mask)
+    sums, _ = projected_kl_sums(zs, zt, view, (idx, w), columns=cols, teacher_log_means=True)
     lp = torch.log_softmax(zt[0, :2][:, cols], -1).mean(0)  # not renormalised
     q = torch.tensor([0.125, 0.75])
     want = (lp.exp() * (lp - (q / q.sum()).log())).sum()
@@ -229,12 +234,12 @@ def test_generic_path_where_the_kernel_does_not_apply(monkeypatch) -> None:
         raise AssertionError("kernel used")
 
     monkeypatch.setattr(pkl_mod, "projected_kl_sums", boom)
-    args = (zs, zt, sc, tc, mask, idx, w)
-    chain = {"chunk_method": "chain", "student_ids": ids[0], "teacher_ids": ids[1]}
+    args = (zs, zt, ChunkView(sc, tc, mask, *ids), (idx, w))
+    chain = {"chunk_method": "chain"}
     for kw in ({"beta": 0.5}, {"beta": 1.0, "authors": True}, {"top_k_scope": "chunk"}, chain):
-        assert torch.isfinite(pkl_loss(*args, top_k=5, **kw).total)
+        assert torch.isfinite(pkl_loss(*args, options=Opts(top_k=5, **kw)).total)
     with pytest.raises(AssertionError, match="kernel used"):
-        pkl_loss(*args, top_k=5)
+        pkl_loss(*args, options=Opts(top_k=5))
 
 
 def test_no_grad_and_empty_batch() -> None:
@@ -242,13 +247,13 @@ def test_no_grad_and_empty_batch() -> None:
     idx, w = random_projection(V_S, V_T, 2)
     sc = torch.arange(T)[None]
     none = torch.zeros(B, T, dtype=torch.bool)
-    sums, n = projected_kl_sums(torch.randn(B, T, V_S), torch.randn(B, T, V_T), sc, sc, none,
-                                idx, w)  # fmt: skip
+    sums, n = projected_kl_sums(torch.randn(B, T, V_S), torch.randn(B, T, V_T),
+                                ChunkView(sc, sc, none), (idx, w))  # fmt: skip
     assert sums == {} and n == 0
     z = torch.randn(B, T, V_S, requires_grad=True)
     with torch.no_grad():
         valid = torch.arange(T)[None] > 0  # chunk 0 holds position 0, which nothing predicts
-        sums, n = projected_kl_sums(z, torch.randn(B, T, V_T), sc, sc, valid, idx, w)
+        sums, n = projected_kl_sums(z, torch.randn(B, T, V_T), ChunkView(sc, sc, valid), (idx, w))
     assert n == T - 1 and not sums["loss"].requires_grad
 
 
@@ -279,8 +284,8 @@ def test_real_vocabularies_llama3_qwen3(preset: str, llama3_qwen3) -> None:
 def test_teacher_pass_equals_topk_columns_and_logsumexp(temperature: float) -> None:
     """The fused teacher pass picks pkl.teacher_topk_columns' columns among the allowed ids and
     exact log-partitions."""
-    from xbench.losses.chunks import build_chunk_index
     from xbench.losses.projection_ops import teacher_lse_and_topk
+    from xbench.losses.view import build_chunk_index
 
     B, T, V_T = 3, 21, 300
     _, tc, mask, _ = random_alignment(B, T, T, seed=9)
@@ -288,7 +293,9 @@ def test_teacher_pass_equals_topk_columns_and_logsumexp(temperature: float) -> N
     allowed = torch.arange(0, V_T, 3)
     t_idx = build_chunk_index(tc, mask)
     lse, cols, mass = teacher_lse_and_topk(zt.reshape(-1, V_T), t_idx, 40, temperature, allowed)
-    ref = teacher_topk_columns(zt, tc, mask, 40, temperature=temperature, allowed=allowed)
+    ref = teacher_topk_columns(
+        zt, ChunkView(tc, tc, mask), 40, options=Opts(temperature=temperature), allowed=allowed
+    )
     assert torch.equal(cols, ref)
     torch.testing.assert_close(lse, torch.logsumexp(zt.reshape(-1, V_T) / temperature, -1))
     torch.testing.assert_close(mass.sum(), torch.tensor(float(t_idx.num_chunks)))

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from xbench.engine import distributed
 from xbench.engine.teachers import Teacher
+from xbench.losses import ChunkOptions, ChunkView, LossOutput
 from xbench.losses import get as get_loss
-from xbench.losses.base import LossOutput
 from xbench.losses.combine import (
     average_teacher_logits,
     mix_ce_kd,
@@ -140,47 +140,39 @@ class Objective(nn.Module):
         t_logits = t.runner.logits(tb["input_ids"], tb["attention_mask"])
         self._note(i, t_logits, tb["input_ids"].masked_fill(tb["attention_mask"] == 0, -100))
         al = tb["align"]
-        common = dict(
+        view = ChunkView(
+            al.student_chunk, al.teacher_chunk, al.chunk_mask, batch["input_ids"], tb["input_ids"]
+        )
+        opts: dict[str, Any] = dict(
             temperature=float(kd["temperature"]),
             chunk_method=str(kd["chunk_method"]),
-            student_ids=batch["input_ids"],
-            teacher_ids=tb["input_ids"],
             chunk_size=int(kd["loss_chunk_size"]) or None,
         )
-        args = (s_logits, t_logits, al.student_chunk, al.teacher_chunk, al.chunk_mask)
-        # kd.kl as the generalized-JSD beta of the hybrid and projected losses (0 = forward KL).
-        beta = hybrid_beta(kd)
-        weights: str | tuple[float, float] = (
-            (float(kd["gold_matched_weight"]), float(kd["gold_unmatched_weight"]))
-            if kd["gold_weights"] == "fixed"
-            else "adaptive"
-        )
-        # kd.semantics: the preset's keyword arguments override xbench's (chunk averaging,
-        # weights, truncation, T^2, column rule; xbench.losses.presets).
-        preset = loss_kwargs(str(kd["semantics"]), t.method)
-        if "weights" in preset:
-            weights = preset.pop("weights")
-        common.update(preset)
+        if t.method != "uld":  # kd.kl as the generalized-JSD beta (0 = forward KL)
+            opts["beta"] = hybrid_beta(kd)
+        if t.method in ("gold", "hkl", "xtoken"):
+            opts["weights"] = (
+                (float(kd["gold_matched_weight"]), float(kd["gold_unmatched_weight"]))
+                if kd["gold_weights"] == "fixed"
+                else "adaptive"
+            )
+        if t.method in ("pkl", "xtoken"):
+            opts["top_k"] = int(kd["topk"])
+        # kd.semantics: the preset's fields override xbench's (chunk averaging, weights,
+        # truncation, T^2, column rule; xbench.losses.presets).
+        options = ChunkOptions(**{**opts, **loss_kwargs(str(kd["semantics"]), t.method)})
+        args = (s_logits, t_logits, view)
         if t.method == "uld":
-            return get_loss("uld")(*args, **common)
+            return get_loss("uld")(*args, options=options)
         if t.method in ("gold", "hkl"):
             assert t.pairs is not None
-            return get_loss(t.method)(*args, *t.pairs, beta=beta, weights=weights, **common)
+            return get_loss(t.method)(*args, t.pairs, options=options)
         if t.method == "pkl":
-            return get_loss("pkl")(
-                *args, *self._w(i, t), top_k=int(kd["topk"]), beta=beta, **common
-            )
+            return get_loss("pkl")(*args, self._w(i, t), options=options)
         if t.method == "xtoken":
             assert t.pairs is not None
             return get_loss("xtoken")(
-                *args,
-                *t.pairs,
-                *self._w(i, t),
-                alpha=float(kd["alpha"]),
-                top_k=int(kd["topk"]),
-                beta=beta,
-                weights=weights,
-                **common,
+                *args, t.pairs, self._w(i, t), alpha=float(kd["alpha"]), options=options
             )
         raise ValueError(f"unknown method {t.method!r}")
 

@@ -1,4 +1,4 @@
-"""Loss output record and the name -> loss registry.
+"""The loss output record and the slice-by-slice sum of the same-tokenizer losses.
 
 Every loss in ``xbench.losses`` returns a :class:`LossOutput` holding *sums* over valid units
 (tokens for same-tokenizer losses, aligned chunks for cross-tokenizer losses) and their number.
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["LossOutput", "available", "get", "register"]
+__all__ = ["LossOutput", "sliced_sums"]
 
 
 @dataclass
@@ -51,48 +51,6 @@ class LossOutput:
             self.count,
             {k: v * weight for k, v in self.components.items()},
         )
-
-
-_REGISTRY: dict[str, Callable[..., LossOutput]] = {}
-
-
-def register(name: str) -> Callable[[Callable[..., LossOutput]], Callable[..., LossOutput]]:
-    """Decorator: register a loss function under ``name`` (names are unique)."""
-
-    def deco(fn: Callable[..., LossOutput]) -> Callable[..., LossOutput]:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"loss {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
-
-
-def get(name: str) -> Callable[..., LossOutput]:
-    """Return the loss function registered as ``name``.
-
-    Raises:
-        KeyError: with the list of known names when ``name`` is unknown.
-    """
-    # Importing the package registers every loss; ``get`` may be called on a bare ``base`` import.
-    import xbench.losses  # noqa: F401
-
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown loss {name!r}; known: {sorted(_REGISTRY)}") from None
-
-
-def available() -> list[str]:
-    """Sorted names of all registered losses."""
-    import xbench.losses  # noqa: F401
-
-    return sorted(_REGISTRY)
-
-
-def scalar(x: float | int | Tensor, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """A 0-d tensor on ``like``'s device (helper for counts and zero totals)."""
-    return torch.as_tensor(x, device=like.device, dtype=dtype or like.dtype)
 
 
 def sliced_sums(

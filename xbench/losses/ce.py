@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xbench.losses.base import LossOutput, register, sliced_sums
+from xbench.losses.base import LossOutput, sliced_sums
 
 __all__ = ["ce_loss", "shifted_valid_rows"]
 
@@ -23,7 +23,6 @@ def shifted_valid_rows(labels: Tensor, ignore_index: int = -100) -> tuple[Tensor
     return b * T + p, nxt[b, p].long()
 
 
-@register("ce")
 def ce_loss(
     logits: Tensor,
     labels: Tensor,

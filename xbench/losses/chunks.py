@@ -3,7 +3,8 @@
 Position convention (the trap "reading chunk logits one position late"): the logits at position p
 predict the token at p + 1, so a chunk whose tokens sit at positions i..j is predicted by the logits
 at positions i-1..j-1. A loss chunk never contains position 0 (nothing predicts it); the aligner's
-``chunk_mask`` already excludes such chunks and :func:`build_chunk_index` rejects them.
+``chunk_mask`` already excludes such chunks and :func:`xbench.losses.view.build_chunk_index`
+rejects them.
 
 Two chunk distributions, selected by name and recorded by the caller in its config:
 
@@ -30,126 +31,23 @@ Two chunk distributions, selected by name and recorded by the caller in its conf
     log q_c = (1/n) * sum_{k=i}^{j} log softmax(z_{k-1} / T): the mean of log-probabilities, not
     renormalised (exp(log q_c) is a geometric mean and sums to <= 1).
 
-Indexing is vectorized: a :class:`ChunkIndex` lists, for every token of every valid chunk, the flat
-row (b * T + p - 1) of the logits that predicts it and the chunk's row among the valid chunks.
+Indexing is vectorized: a :class:`xbench.losses.view.ChunkIndex` lists, for every token of every
+valid chunk, the flat row (b * T + p - 1) of the logits that predicts it and the chunk's row among
+the valid chunks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
-    "CHUNK_METHODS",
-    "ChunkIndex",
-    "build_chunk_index",
-    "chunk_log_probs",
-    "cross_tokenizer_sums",
-    "rows_log_probs",
-    "token_slices",
-    "with_precomputed_grads",
-]
+from xbench.losses.view import CHUNK_METHODS, ChunkIndex, ChunkMethod, ChunkOptions, ChunkView
 
-ChunkMethod = Literal["mean", "chain", "logmean"]
-CHUNK_METHODS: tuple[str, ...] = ("mean", "chain", "logmean")
-
-
-@dataclass(frozen=True)
-class ChunkIndex:
-    """Flat token lists of the valid chunks of one side (student or teacher) of a batch.
-
-    Attributes:
-        num_chunks: N, number of valid chunks (``chunk_mask.sum()``), rows ordered (b, c).
-        pred_row: (P,) long, flat row ``b * T + p - 1`` of the logits predicting each chunk token.
-        chunk_row: (P,) long, row in 0..N-1 of the token's chunk; non-decreasing.
-        token: (P,) long, the token id (zeros when ids were not given; only ``chain`` reads it).
-        is_last: (P,) bool, the token is the last one of its chunk.
-        offsets: (N + 1,) long, CSR offsets: chunk r owns tokens ``offsets[r]:offsets[r+1]``.
-    """
-
-    num_chunks: int
-    pred_row: Tensor
-    chunk_row: Tensor
-    token: Tensor
-    is_last: Tensor
-    offsets: Tensor
-
-    @property
-    def single_token(self) -> bool:
-        """Every chunk has exactly one token on this side (fast path: no aggregation)."""
-        return int(self.pred_row.numel()) == self.num_chunks
-
-
-def build_chunk_index(
-    token_chunk: Tensor, chunk_mask: Tensor, token_ids: Tensor | None = None
-) -> ChunkIndex:
-    """Index the tokens of the valid chunks of one side.
-
-    Args:
-        token_chunk: (B, T) long, chunk id of each token, -1 = in no loss chunk.
-        chunk_mask: (B, C) bool, chunk enters the loss.
-        token_ids: (B, T) long token ids, needed by ``chain``.
-
-    Raises:
-        ValueError: a valid chunk contains position 0 or has no token on this side.
-    """
-    B, T = token_chunk.shape  # (B, T)
-    C = chunk_mask.shape[1]
-    device = token_chunk.device
-    row_of = torch.cumsum(chunk_mask.reshape(-1).long(), 0).reshape(B, C) - 1  # (B, C)
-    n = int(chunk_mask.sum())
-    cid = token_chunk.clamp(0, max(C - 1, 0))
-    in_loss = (token_chunk >= 0) & chunk_mask.gather(1, cid) if C > 0 else token_chunk < -1
-    if bool(in_loss[:, 0].any()):
-        raise ValueError("a loss chunk contains position 0, which no logits predict")
-    b_idx, p_idx = torch.nonzero(in_loss, as_tuple=True)  # row-major: (b, p) order
-    chunk_row = row_of[b_idx, token_chunk[b_idx, p_idx]]  # (P,)
-    # Chunk ids increase along the sequence (contract), so rows are already sorted; a stable sort
-    # keeps the code correct if an aligner ever emits them out of order.
-    if chunk_row.numel() > 1 and bool((chunk_row[1:] < chunk_row[:-1]).any()):
-        order = torch.sort(chunk_row, stable=True).indices
-        b_idx, p_idx, chunk_row = b_idx[order], p_idx[order], chunk_row[order]
-    counts = torch.bincount(chunk_row, minlength=n)  # (N,)
-    if n and bool((counts == 0).any()):
-        raise ValueError("a valid chunk has no token on one side")
-    offsets = torch.zeros(n + 1, dtype=torch.long, device=device)
-    offsets[1:] = torch.cumsum(counts, 0)
-    is_last = torch.zeros_like(chunk_row, dtype=torch.bool)
-    if n:
-        is_last[offsets[1:] - 1] = True
-    token = token_ids[b_idx, p_idx].long() if token_ids is not None else torch.zeros_like(chunk_row)
-    return ChunkIndex(n, b_idx * T + p_idx - 1, chunk_row, token, is_last, offsets)
-
-
-def chunk_log_probs(
-    flat_logits: Tensor,
-    index: ChunkIndex,
-    start: int,
-    end: int,
-    method: ChunkMethod = "mean",
-    temperature: float = 1.0,
-) -> Tensor:
-    """Log chunk distributions of valid chunks ``start..end-1`` (see module docstring).
-
-    Args:
-        flat_logits: (B * T, V) logits (a view of (B, T, V)); computed in float32.
-        index: the side's :class:`ChunkIndex`.
-        start, end: chunk-row range.
-        method: ``"mean"`` or ``"chain"``.
-        temperature: softmax temperature T (z / T).
-
-    Returns:
-        (end - start, V) float32 log q, finite everywhere.
-    """
-    lo, hi = int(index.offsets[start]), int(index.offsets[end])
-    return rows_log_probs(
-        flat_logits[index.pred_row[lo:hi]], index, start, end, method, temperature
-    )
+__all__ = ["cross_tokenizer_sums", "rows_log_probs", "token_slices", "with_precomputed_grads"]
 
 
 def _scaled_rows(rows: Tensor, temperature: float) -> Tensor:
@@ -170,10 +68,11 @@ def rows_log_probs(
     method: ChunkMethod = "mean",
     temperature: float = 1.0,
 ) -> Tensor:
-    """:func:`chunk_log_probs` from the already gathered predicting rows of chunks ``start..end-1``.
+    """(end - start, V) float32 log chunk distributions of chunks ``start..end-1`` (module
+    docstring), finite everywhere, from their predicting rows.
 
-    ``rows`` is ``flat_logits[index.pred_row[offsets[start]:offsets[end]]]`` (P, V). Without
-    autograd (the teacher side) the arithmetic runs in place.
+    ``rows`` is ``flat_logits[index.pred_row[lo:hi]]`` (P, V), ``(lo, hi) = index.span(start,
+    end)``. Without autograd (the teacher side) the arithmetic runs in place.
 
     ``mean``: q = normalize(sum_k softmax(z_k)) -- the 1/n of the mean cancels in the
     normalization, which divides by the row sum (the original mean renormalized, fewer passes).
@@ -183,7 +82,7 @@ def rows_log_probs(
     if z.shape[0] == n:  # one token per chunk: the chunk distribution is the position's
         return F.log_softmax(z, dim=-1)
     lo = int(index.offsets[start])
-    rows_idx = index.chunk_row[lo : lo + z.shape[0]] - start  # (P,)
+    rows_idx = index.local_rows(start, end)  # (P,)
     grad = torch.is_grad_enabled() and z.requires_grad
     tiny = torch.finfo(z.dtype).tiny
     if method == "mean":
@@ -195,7 +94,7 @@ def rows_log_probs(
         return probs.clamp_min_(tiny).log_().sub_(log_norm)
     if method == "logmean":
         lp = F.log_softmax(z, dim=-1)  # (P, V)
-        counts = (index.offsets[start + 1 : end + 1] - index.offsets[start:end]).to(lp.dtype)
+        counts = index.counts(start, end).to(lp.dtype)
         summed = lp.new_zeros(n, lp.shape[1]).index_add(0, rows_idx, lp)  # (n, V)
         return summed / counts[:, None]
     if method == "chain":
@@ -283,47 +182,39 @@ def with_precomputed_grads(
 def cross_tokenizer_sums(
     student_logits: Tensor,
     teacher_logits: Tensor,
-    student_chunk: Tensor,
-    teacher_chunk: Tensor,
-    chunk_mask: Tensor,
+    view: ChunkView,
     term_fn: Callable[..., dict[str, Tensor]],
     extra: tuple[Tensor, ...] = (),
     *,
-    chunk_method: ChunkMethod = "mean",
-    temperature: float = 1.0,
-    student_ids: Tensor | None = None,
-    teacher_ids: Tensor | None = None,
-    chunk_size: int | None = 256,
-    use_checkpoint: bool = True,
+    options: ChunkOptions,
     teacher_fn: Callable[..., Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], int]:
     """Shared driver of the chunk-level losses: slice chunks, build both sides, apply ``term_fn``.
 
     ``term_fn(log_q_s (n, V_S), log_q_t (n, V_T), *extra) -> {name: scalar sum}`` must return the
-    same keys on every slice. Slices hold at most ``chunk_size`` predicting rows (tokens) per side
-    (:func:`token_slices`), so the (rows, V) temporaries never exceed ``chunk_size`` rows.
+    same keys on every slice. Slices hold at most ``options.chunk_size`` predicting rows (tokens)
+    per side (:func:`token_slices`), so the (rows, V) temporaries never exceed that many rows.
+    Reads ``options.chunk_method``, ``temperature``, ``chunk_size`` and ``use_checkpoint``.
 
     ``teacher_fn(rows (P_t, V_T), t_index, start, end)`` (optional) replaces the teacher side's
     :func:`rows_log_probs` (e.g. P-KL needs only its top-k columns).
 
-    Under autograd with ``use_checkpoint`` (default) and more than one slice, each slice is
+    Under autograd with ``options.use_checkpoint`` (default) and more than one slice, each slice is
     differentiated right after its forward and freed (:class:`_EagerSlices`): the memory of an
     activation checkpoint without its second forward; ``use_checkpoint=False`` keeps one graph.
 
     Returns:
         ``(sums, n_chunks)``; sums is empty when there is no valid chunk.
     """
-    if chunk_method == "chain" and (student_ids is None or teacher_ids is None):
-        raise ValueError("chunk_method='chain' needs student_ids and teacher_ids")
-    s_idx = build_chunk_index(student_chunk, chunk_mask, student_ids)
-    t_idx = build_chunk_index(teacher_chunk, chunk_mask, teacher_ids)
+    chunk_method, temperature = options.chunk_method, options.temperature
+    s_idx, t_idx = view.indices(chunk_method)
     n = s_idx.num_chunks
     if n == 0:
         return {}, 0
     s_flat = student_logits.reshape(-1, student_logits.shape[-1])  # (B*Ts, V_S)
     t_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1])  # (B*Tt, V_T)
     keys: list[str] = []
-    slices = token_slices(s_idx, t_idx, chunk_size)
+    slices = token_slices(s_idx, t_idx, options.chunk_size)
 
     def sides(start: int, end: int, rs: Tensor, rt: Tensor) -> tuple[Tensor, Tensor]:
         lq_s = rows_log_probs(rs, s_idx, start, end, chunk_method, temperature)
@@ -332,7 +223,8 @@ def cross_tokenizer_sums(
         return lq_s, rows_log_probs(rt, t_idx, start, end, chunk_method, temperature)
 
     def rows_of(idx: ChunkIndex, flat: Tensor, start: int, end: int) -> tuple[Tensor, Tensor]:
-        sel = idx.pred_row[int(idx.offsets[start]) : int(idx.offsets[end])]
+        lo, hi = idx.span(start, end)
+        sel = idx.pred_row[lo:hi]
         return sel, flat[sel]
 
     def run(start: int, end: int, s: Tensor, t: Tensor, *ex: Tensor) -> tuple[Tensor, ...]:
@@ -345,7 +237,7 @@ def cross_tokenizer_sums(
 
     tensors = (s_flat, t_flat, *extra)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    if not (needs_grad and use_checkpoint and len(slices) > 1):
+    if not (needs_grad and options.use_checkpoint and len(slices) > 1):
         acc: tuple[Tensor, ...] | None = None
         for start, end in slices:
             o = run(start, end, *tensors)

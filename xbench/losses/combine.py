@@ -1,6 +1,6 @@
 """Mixing CE with distillation terms, and several teachers into one distillation term.
 
-The trainer's objective (``xbench/objective.py``) calls :func:`teacher_weights` and
+The trainer's objective (``xbench/engine/objective.py``) calls :func:`teacher_weights` and
 :func:`mix_ce_kd` once per micro-batch; nothing else mixes CE and KD. Everything here takes scalars
 already divided by the optimizer step's *global* unit counts (all micro-batches, all ranks) and
 returns a scalar to back-propagate plus detached logs; no model, no optimizer.
@@ -40,7 +40,6 @@ __all__ = [
     "mix_ce_kd",
     "teacher_scores",
     "teacher_weights",
-    "weighted_teachers",
 ]
 
 _SCORE = {"softmax_ce": "neg_ce", "softmax_entropy": "neg_entropy", "softmax_maxprob": "max_prob"}
@@ -136,15 +135,6 @@ def score_kind(multi: str) -> str:
     return _SCORE.get(multi, "neg_ce")
 
 
-def weighted_teachers(losses: Sequence[Tensor], weights: Sequence[float] | Tensor) -> Tensor:
-    """sum_i w_i L_i of per-teacher normalised losses (each teacher keeps its own method and
-    unit count; pass each as its normalised scalar)."""
-    if len(losses) != len(weights):
-        raise ValueError(f"{len(losses)} teacher losses, {len(weights)} weights")
-    w = torch.as_tensor(weights, dtype=losses[0].dtype, device=losses[0].device)
-    return (torch.stack(list(losses)) * w).sum()
-
-
 def teacher_scores(
     teacher_logits: Tensor,
     labels: Tensor,
@@ -197,7 +187,8 @@ def average_teacher_logits(
     if len({s[-1] for s in shapes}) != 1:
         raise ValueError(
             f"logit averaging needs same-vocabulary teachers; got vocab sizes "
-            f"{[s[-1] for s in shapes]} (use weighted_teachers with per-teacher losses instead)"
+            f"{[s[-1] for s in shapes]} (use per-teacher losses with kd.multi_teacher weights "
+            "instead)"
         )
     if len(set(shapes)) != 1:
         raise ValueError(f"logit averaging needs identical (B, T, V) shapes; got {shapes}")

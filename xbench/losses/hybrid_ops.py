@@ -46,31 +46,81 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from xbench.losses.chunks import (
-    ChunkIndex,
-    ChunkMethod,
-    build_chunk_index,
-    token_slices,
-    with_precomputed_grads,
-)
-from xbench.losses.projection_ops import block_elems, row_grad_buffer
-from xbench.losses.uld import sorted_l1_and_sign
+from xbench.losses.chunks import with_precomputed_grads
+from xbench.losses.ops import block_elems, kernel_plan, row_grad_buffer, scaled_rows_into
+from xbench.losses.sorting import sorted_l1_and_sign
+from xbench.losses.view import ChunkIndex, ChunkMethod, ChunkOptions, ChunkView
 
-__all__ = ["HYBRID_KEYS", "hybrid_sums"]
+__all__ = ["HYBRID_KEYS", "HybridSets", "hybrid_sums", "uses_kernel"]
 
 HYBRID_KEYS = ("kl_common", "l1_uncommon", "loss", "student_mass_uncommon", "teacher_mass_common")
 
 
+@dataclass(frozen=True)
+class HybridSets:
+    """The vocabulary partition of a hybrid loss and its two term weights.
+
+    Attributes:
+        common_s, common_t: (M,) long, the pairs (s_j, t_j).
+        uncommon_s: (V_S - M',) sorted student ids outside the pairs; uncommon_t likewise.
+        w_common, w_uncommon: term weights.
+    """
+
+    common_s: Tensor
+    common_t: Tensor
+    uncommon_s: Tensor
+    uncommon_t: Tensor
+    w_common: float
+    w_uncommon: float
+
+    @classmethod
+    def build(
+        cls, pairs: tuple[Tensor, Tensor], v_s: int, v_t: int, weights: str | tuple[float, float]
+    ) -> HybridSets:
+        """From the pairs, both head widths and ``weights``: ``"adaptive"`` gives
+        w_common = |pairs| / V_T (V_T = teacher head width), w_uncommon = 1 - w_common; a tuple
+        gives itself. ULD is the case of no pairs with weights (0, 1).
+
+        Raises:
+            ValueError: the two id lists differ in length, or ``weights`` is another string.
+        """
+        cs, ct = pairs[0].long(), pairs[1].long()
+        if cs.shape != ct.shape:
+            raise ValueError("the pairs must be 1-to-1: student and teacher ids of equal length")
+        if weights == "adaptive":
+            w_c = int(cs.numel()) / max(1, v_t)
+            w_c, w_u = w_c, 1.0 - w_c
+        elif isinstance(weights, str):
+            raise ValueError(
+                f"ChunkOptions.weights={weights!r} is unknown; use 'adaptive' or "
+                "(w_common, w_uncommon)."
+            )
+        else:
+            w_c, w_u = float(weights[0]), float(weights[1])
+        return cls(cs, ct, _complement(cs, v_s), _complement(ct, v_t), w_c, w_u)
+
+
+def _complement(ids: Tensor, size: int) -> Tensor:
+    """Sorted ids of ``0..size-1`` not in ``ids``."""
+    keep = torch.ones(size, dtype=torch.bool, device=ids.device)
+    keep[ids] = False
+    return torch.nonzero(keep).squeeze(1)
+
+
+def uses_kernel(options: ChunkOptions, teacher_logits: Tensor) -> bool:
+    """Whether gold/hkl/uld take the closed-form kernel: the forward KL on the pairs (beta = 0,
+    every preset's default; uld has no pairs) and a teacher without gradient, under every chunk
+    method. Reverse KL, JSD and a differentiated teacher keep the generic path."""
+    return (
+        options.fast
+        and options.beta == 0.0
+        and not (teacher_logits.requires_grad and torch.is_grad_enabled())
+    )
+
+
 def _log_softmax_rows(flat: Tensor, sel: Tensor, temperature: float, buf: Tensor) -> Tensor:
     """(P, V) float32 log_softmax(flat[sel] / T) written into the reused block ``buf``."""
-    v = flat.shape[1]
-    y = buf[: sel.numel() * v].view(sel.numel(), v)
-    if flat.dtype == y.dtype:
-        torch.index_select(flat, 0, sel, out=y)
-    else:  # bf16 logits: gather, then widen into the float32 block
-        y.copy_(flat.index_select(0, sel))
-    if temperature != 1.0:
-        y.div_(temperature)
+    y = scaled_rows_into(flat, sel, temperature, buf)
     if y.device.type == "cpu":
         # In place: the CPU kernel reads a row (max, sum of exp) before writing it. Bitwise equal
         # to F.log_softmax, 1.3x faster than it and 1.6x faster than logsumexp + sub in blocks.
@@ -87,7 +137,7 @@ def _chunk_log_probs(
     if y.shape[0] == n:
         return y, None
     lo = int(index.offsets[start])
-    rows = index.chunk_row[lo : lo + y.shape[0]] - start  # (P,)
+    rows = index.local_rows(start, end)  # (P,)
     if method == "mean":
         c = y.new_zeros(n, y.shape[1])
         step = max(1, block_elems(y.device) // y.shape[1])
@@ -96,7 +146,7 @@ def _chunk_log_probs(
         log_norm = c.sum(-1, keepdim=True).log()  # (n, 1)
         return c.clamp_min_(torch.finfo(c.dtype).tiny).log_().sub_(log_norm), log_norm
     if method == "logmean":
-        counts = (index.offsets[start + 1 : end + 1] - index.offsets[start:end]).to(y.dtype)
+        counts = index.counts(start, end).to(y.dtype)
         return y.new_zeros(n, y.shape[1]).index_add_(0, rows, y).div_(counts[:, None]), None
     if method == "chain":
         last = index.is_last[lo : lo + y.shape[0]]
@@ -130,70 +180,55 @@ def _column_blocks(n_rows: int, m: int, device: torch.device) -> range:
 def hybrid_sums(
     student_logits: Tensor,
     teacher_logits: Tensor,
-    student_chunk: Tensor,
-    teacher_chunk: Tensor,
-    chunk_mask: Tensor,
-    common_s: Tensor,
-    common_t: Tensor,
-    uncommon_s: Tensor,
-    uncommon_t: Tensor,
+    view: ChunkView,
+    sets: HybridSets,
     *,
-    w_common: float,
-    w_uncommon: float,
-    truncate: int | None = None,
-    factor: float = 1.0,
-    chunk_method: ChunkMethod = "mean",
-    temperature: float = 1.0,
-    student_ids: Tensor | None = None,
-    teacher_ids: Tensor | None = None,
-    chunk_size: int | None = 256,
+    options: ChunkOptions,
 ) -> tuple[dict[str, Tensor], int]:
     """Sums of :func:`xbench.losses.gold.hybrid_terms` (beta = 0) over the valid chunks; see the
     module docstring. ULD is the case of no pairs with ``w_uncommon = 1``.
 
     Args:
         student_logits: (B, Ts, V_S), may require grad; teacher_logits: (B, Tt, V_T), no grad.
-        student_chunk, teacher_chunk, chunk_mask: PairAlignment fields.
-        common_s, common_t: (M,) long pairs; uncommon_s, uncommon_t: their complements (sorted).
-        w_common, w_uncommon: term weights; truncate: ULD over the top ranks only; factor: both
-            terms times it (T^2 under the authors' convention).
-        chunk_method, temperature, student_ids, teacher_ids: chunk distributions.
-        chunk_size: max predicting rows per side in one slice; on CPU also capped so that a
-            side's (rows, V) float32 block stays ~16 MiB.
+        view: the batch's chunks and ids.
+        sets: the pairs, their complements and the term weights.
+        options: reads ``truncate`` (ULD over the top ranks only), ``t2`` (both terms times
+            T^2), ``chunk_method``, ``temperature`` and ``chunk_size`` (max predicting rows per
+            side in one slice; on CPU also capped so that a side's (rows, V) float32 block stays
+            ~16 MiB).
 
     Returns:
         ``(sums, n_chunks)`` with :data:`HYBRID_KEYS`; empty dict when no chunk is valid.
     """
     if teacher_logits.requires_grad and torch.is_grad_enabled():
         raise ValueError("hybrid_sums differentiates the student only; use the generic path")
-    if chunk_method == "chain" and (student_ids is None or teacher_ids is None):
-        raise ValueError("chunk_method='chain' needs student_ids and teacher_ids")
-    s_idx = build_chunk_index(student_chunk, chunk_mask, student_ids)
-    t_idx = build_chunk_index(teacher_chunk, chunk_mask, teacher_ids)
-    n = s_idx.num_chunks
-    if n == 0:
-        return {}, 0
     v_s, v_t = student_logits.shape[-1], teacher_logits.shape[-1]
+    chunk_method, temperature, truncate = (
+        options.chunk_method,
+        options.temperature,
+        options.truncate,
+    )
+    plan = kernel_plan(
+        student_logits, teacher_logits, view, chunk_method, options.chunk_size, max(v_s, v_t)
+    )
+    if plan is None:
+        return {}, 0
+    s_idx, t_idx, s_flat, t_flat = plan.s_idx, plan.t_idx, plan.s_flat, plan.t_flat
     device = student_logits.device
-    s_flat = student_logits.detach().reshape(-1, v_s)  # (B*Ts, V_S)
-    t_flat = teacher_logits.detach().reshape(-1, v_t)  # (B*Tt, V_T)
     want = torch.is_grad_enabled() and student_logits.requires_grad
-    rows_cap = max(1, 4 * block_elems(device) // max(v_s, v_t))
-    max_rows = rows_cap if not chunk_size or chunk_size <= 0 else min(chunk_size, rows_cap)
-    cs, ct, us, ut = common_s.long(), common_t.long(), uncommon_s.long(), uncommon_t.long()
+    cs, ct, us, ut = sets.common_s, sets.common_t, sets.uncommon_s, sets.uncommon_t
+    factor = options.factor
+    w_common, w_uncommon = sets.w_common, sets.w_uncommon
     wc, wu = w_common * factor, w_uncommon * factor
 
     def compute() -> tuple[tuple[Tensor, ...], int, list[Tensor | None]]:
         g_s = row_grad_buffer(s_flat, s_idx) if want else None
-        slices = token_slices(s_idx, t_idx, max_rows)
-        most_s = max(int(s_idx.offsets[e] - s_idx.offsets[b]) for b, e in slices)
-        most_t = max(int(t_idx.offsets[e] - t_idx.offsets[b]) for b, e in slices)
-        buf_s = torch.empty(most_s * v_s, dtype=torch.float32, device=device)
-        buf_t = torch.empty(most_t * v_t, dtype=torch.float32, device=device)
+        buf_s = torch.empty(plan.most_rows(s_idx) * v_s, dtype=torch.float32, device=device)
+        buf_t = torch.empty(plan.most_rows(t_idx) * v_t, dtype=torch.float32, device=device)
         acc = torch.zeros(4, dtype=torch.float32, device=device)  # div, l1, mass_u_s, mass_c_t
-        for start, end in slices:
-            sel_s = s_idx.pred_row[int(s_idx.offsets[start]) : int(s_idx.offsets[end])]
-            sel_t = t_idx.pred_row[int(t_idx.offsets[start]) : int(t_idx.offsets[end])]
+        for start, end in plan.slices:
+            sel_s = s_idx.pred_row[slice(*s_idx.span(start, end))]
+            sel_t = t_idx.pred_row[slice(*t_idx.span(start, end))]
             ys = _log_softmax_rows(s_flat, sel_s, temperature, buf_s)  # (P_s, V_S)
             lq_s, log_norm = _chunk_log_probs(ys, s_idx, start, end, chunk_method)  # (m, V_S)
             yt = _log_softmax_rows(t_flat, sel_t, temperature, buf_t)
@@ -234,7 +269,7 @@ def hybrid_sums(
         return sums, 2, [g_s.view_as(student_logits) if g_s is not None else None]
 
     out = with_precomputed_grads(compute, student_logits) if want else compute()[0]
-    return dict(zip(HYBRID_KEYS, out, strict=True)), n
+    return dict(zip(HYBRID_KEYS, out, strict=True)), s_idx.num_chunks
 
 
 def _student_grad(
@@ -263,7 +298,7 @@ def _student_grad(
         ys.index_add_(1, us, g_u)
         return
     lo = int(index.offsets[start])
-    rows = index.chunk_row[lo : lo + ys.shape[0]] - start  # (P,)
+    rows = index.local_rows(start, end)  # (P,)
     step = max(1, block_elems(ys.device) // ys.shape[1])
     if method == "mean":  # h = (g / q - G) / sum S into the chunk block, q = exp(lq_S)
         assert log_norm is not None
@@ -282,7 +317,7 @@ def _student_grad(
         lq_s.index_copy_(1, s_cols, pt.mul_(-wc))
     lq_s.index_copy_(1, us, g_u)
     if method == "logmean":
-        counts = (index.offsets[start + 1 : end + 1] - index.offsets[start:end]).to(ys.dtype)
+        counts = index.counts(start, end).to(ys.dtype)
         lq_s.div_(counts[:, None])
         ys.exp_().mul_(-(big / counts)[rows, None])
         for i in range(0, ys.shape[0], step):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xbench.losses.base import LossOutput, register, sliced_sums
+from xbench.losses.base import LossOutput, sliced_sums
 from xbench.losses.ce import shifted_valid_rows
 
 __all__ = ["Divergence", "divergence_terms", "kd_loss"]
@@ -62,7 +62,6 @@ def divergence_terms(
     raise ValueError(f"unknown divergence {divergence!r}")
 
 
-@register("kd")
 def kd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xbench.losses.base import LossOutput, register
-from xbench.losses.chunks import (
-    ChunkMethod,
-    build_chunk_index,
-    cross_tokenizer_sums,
-    rows_log_probs,
-    token_slices,
-)
+from xbench.losses.base import LossOutput
+from xbench.losses.chunks import cross_tokenizer_sums, rows_log_probs, token_slices
 from xbench.losses.kd import divergence_terms
-from xbench.losses.projection_ops import projected_kl_sums
+from xbench.losses.projection_ops import Q_FLOOR, projected_kl_sums
+from xbench.losses.view import SHARED_READS, ChunkIndex, ChunkOptions, ChunkView
 
 __all__ = [
-    "Q_FLOOR",
+    "PKL_READS",
     "LearnableProjection",
+    "column_sets",
+    "max_logit_columns",
     "pkl_loss",
     "project",
     "projected_kl_terms",
@@ -29,7 +27,8 @@ __all__ = [
     "teacher_topk_columns",
 ]
 
-TopKScope = Literal["microbatch", "chunk"]
+# The ChunkOptions fields pkl reads.
+PKL_READS = SHARED_READS | {"beta", "top_k", "top_k_scope", "authors"}
 
 
 class LearnableProjection(nn.Module):
@@ -112,14 +111,6 @@ def project(
     src = ps_t[s_ids] * w_weights[s_ids, k_ids][:, None]  # (E, n)
     q_t = p_s.new_zeros(columns.numel(), p_s.shape[0]).index_add(0, slot[s_ids, k_ids], src)
     return q_t.t()  # (n, k)
-
-
-# Floor of the renormalised projected mass q|_S inside the log. Columns that no W row reaches are
-# removed from S before (see :func:`reachable_columns`), so the floor only meets reachable columns
-# whose projected mass underflowed; at 1e-10 (log = -23) one such column adds at most
-# p_T * 23 instead of float32 tiny's p_T * 87. The authors' code adds it instead (``authors``):
-# log(q / (Q + eps) + eps), eps = 1e-10, which differs from the floor only where r < 2e-10.
-Q_FLOOR = 1.0e-10
 
 
 def reachable_columns(w_indices: Tensor, w_weights: Tensor, v_t: int) -> Tensor:
@@ -213,91 +204,71 @@ def projected_kl_terms(
 
 def teacher_topk_columns(
     teacher_logits: Tensor,
-    teacher_chunk: Tensor,
-    chunk_mask: Tensor,
+    view: ChunkView,
     top_k: int,
     *,
-    chunk_method: ChunkMethod = "mean",
-    temperature: float = 1.0,
-    teacher_ids: Tensor | None = None,
-    chunk_size: int | None = 256,
+    options: ChunkOptions = ChunkOptions(),
     allowed: Tensor | None = None,
 ) -> Tensor:
     """The micro-batch's teacher top-k columns: the k teacher ids with the largest summed chunk
     probability over the micro-batch's valid chunks (sorted ids), chosen among ``allowed``
-    (sorted ids; default every column). All of ``allowed`` when k >= its size."""
+    (sorted ids; default every column). All of ``allowed`` when k >= its size. Reads
+    ``options.chunk_method``, ``temperature`` and ``chunk_size``."""
     v_t = teacher_logits.shape[-1]
     if allowed is None:
         allowed = torch.arange(v_t, device=teacher_logits.device)
     if top_k >= allowed.numel():
         return allowed
-    idx = build_chunk_index(teacher_chunk, chunk_mask, teacher_ids)
+    method, temperature = options.chunk_method, options.temperature
+    idx = view.teacher_index()
     flat = teacher_logits.reshape(-1, v_t)
     mass = teacher_logits.new_zeros(v_t, dtype=torch.float32)
     with torch.no_grad():
-        for start, end in token_slices(idx, idx, chunk_size):
-            lo, hi = int(idx.offsets[start]), int(idx.offsets[end])
+        for start, end in token_slices(idx, idx, options.chunk_size):
+            lo, hi = idx.span(start, end)
             rows = flat[idx.pred_row[lo:hi]]
-            if chunk_method == "mean":  # sum_c mean_k softmax(z_k): a weighted sum of rows
+            if method == "mean":  # sum_c mean_k softmax(z_k): a weighted sum of rows
                 z = rows.float() if temperature == 1.0 else rows.float() / temperature
-                counts = (idx.offsets[start + 1 : end + 1] - idx.offsets[start:end]).float()
-                wts = 1.0 / counts[idx.chunk_row[lo:hi] - start]  # (P,)
+                wts = 1.0 / idx.counts(start, end).float()[idx.local_rows(start, end)]  # (P,)
                 mass += wts @ F.softmax(z, dim=-1)
             else:
-                mass += (
-                    rows_log_probs(rows, idx, start, end, chunk_method, temperature).exp_().sum(0)
-                )
+                mass += rows_log_probs(rows, idx, start, end, method, temperature).exp_().sum(0)
     return torch.sort(allowed[mass[allowed].topk(top_k).indices]).values
 
 
 def column_sets(
     teacher_logits: Tensor,
-    teacher_chunk: Tensor,
-    chunk_mask: Tensor,
-    w_indices: Tensor,
-    w_weights: Tensor,
-    top_k: int,
-    top_k_scope: TopKScope,
-    **chunk_kw: Any,
+    view: ChunkView,
+    projection: tuple[Tensor, Tensor],
+    options: ChunkOptions,
 ) -> tuple[Tensor | None, Tensor, Tensor]:
     """(columns, reach, unreach) of one micro-batch: its shared top-k columns among the reachable
     ones (None under ``top_k_scope="chunk"``), the reachable ids and the unreachable ids."""
     v_t = teacher_logits.shape[-1]
-    reach = reachable_columns(w_indices, w_weights, v_t)
+    reach = reachable_columns(projection[0], projection[1], v_t)
     keep = torch.ones(v_t, dtype=torch.bool, device=reach.device)
     keep[reach] = False
     unreach = torch.nonzero(keep).squeeze(1)
-    if top_k_scope == "chunk":
+    if options.top_k_scope == "chunk":
         return None, reach, unreach
-    if top_k_scope != "microbatch":
-        raise ValueError(f"top_k_scope={top_k_scope!r}: 'microbatch' or 'chunk'")
+    if options.top_k_scope != "microbatch":
+        raise ValueError(
+            f"ChunkOptions.top_k_scope={options.top_k_scope!r} is unknown; use 'microbatch' or "
+            "'chunk'."
+        )
     columns = teacher_topk_columns(
-        teacher_logits, teacher_chunk, chunk_mask, top_k, allowed=reach, **chunk_kw
+        teacher_logits, view, options.top_k, options=options, allowed=reach
     )
     return columns, reach, unreach
 
 
-@register("pkl")
 def pkl_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
-    student_chunk: Tensor,
-    teacher_chunk: Tensor,
-    chunk_mask: Tensor,
-    w_indices: Tensor,
-    w_weights: Tensor,
+    view: ChunkView,
+    projection: tuple[Tensor, Tensor],
     *,
-    top_k: int = 8192,
-    top_k_scope: TopKScope = "microbatch",
-    beta: float = 0.0,
-    temperature: float = 1.0,
-    chunk_method: ChunkMethod = "mean",
-    student_ids: Tensor | None = None,
-    teacher_ids: Tensor | None = None,
-    chunk_size: int | None = 256,
-    use_checkpoint: bool = True,
-    authors: bool = False,
-    fast: bool = True,
+    options: ChunkOptions = ChunkOptions(),
 ) -> LossOutput:
     """P-KL (X-Token), summed over valid chunks c:
 
@@ -310,9 +281,9 @@ def pkl_loss(
     multi-digit numeral whose row spreads over digit tokens, gets an identity-aware gradient.
 
     Column set S ("teacher top-k, chosen per microbatch"), a recorded decision:
-      ``top_k_scope="microbatch"`` (default): one S for the whole micro-batch, the k teacher ids
-      with the largest summed chunk probability (:func:`teacher_topk_columns`); shared columns let
-      the projection touch only the W entries landing in S.
+      ``options.top_k_scope="microbatch"`` (default): one S for the whole micro-batch, the k
+      teacher ids with the largest summed chunk probability (:func:`teacher_topk_columns`);
+      shared columns let the projection touch only the W entries landing in S.
       ``"chunk"``: each chunk's own teacher top-k (needs the full projected q per chunk; slower).
     S only holds *reachable* columns (some W row maps there; :func:`reachable_columns`): an
     unreachable column has q = 0 whatever the student does, a constant with no gradient that
@@ -321,7 +292,7 @@ def pkl_loss(
     log qt is floored at :data:`Q_FLOOR` (1e-10).
     ``beta`` (kd.kl): 0 forward KL (the paper's), 1 reverse KL(q || p_T), else generalized JSD.
 
-    ``authors=True`` (``kd.semantics=authors``, the NeMo RL code): S = the k teacher ids with the
+    ``options.authors`` (``kd.semantics=authors``, the NeMo RL code): S = the k teacher ids with the
     highest max-logit anywhere in the micro-batch (padding included, unreachable ids kept); the
     student side is as above (chunk mean of probabilities, projected, renormalised within S); the
     teacher side is log_softmax(z_T / T) within S per token, averaged over the chunk's tokens as
@@ -330,16 +301,14 @@ def pkl_loss(
 
     Args:
         student_logits: (B, Ts, V_S); teacher_logits: (B, Tt, V_T) (V_T = head width, W's V_T).
-        student_chunk, teacher_chunk, chunk_mask: PairAlignment fields.
-        w_indices: (V_S, K) long; w_weights: (V_S, K) float.
-        top_k, top_k_scope: column restriction. temperature: T (result times T^2).
-        chunk_method, student_ids, teacher_ids: chunk distributions.
-        chunk_size: max predicting rows (tokens) per side in one slice; use_checkpoint: under
-            autograd, differentiate slice by slice during the forward (False: one graph).
-        fast: use the column-restricted kernel (``projection_ops.projected_kl_sums``, same
-            value and gradients) where it applies: forward KL (``beta`` 0) with
-            ``authors=True``, or with ``top_k_scope="microbatch"`` and ``chunk_method="mean"``.
-            False forces the generic path (the kernel's reference in the tests).
+        view: the batch's chunks (and ids, for ``chain``).
+        projection: W as ``(indices (V_S, K) long, weights (V_S, K) float)``.
+        options: reads ``top_k``, ``top_k_scope`` (column restriction), ``beta``, ``authors``,
+            ``fast`` (the column-restricted kernel ``projection_ops.projected_kl_sums``, same
+            value and gradients, where it applies: forward KL (``beta`` 0) with ``authors``, or
+            with ``top_k_scope="microbatch"`` and ``chunk_method="mean"``; False forces the
+            generic path, the kernel's reference in the tests), and the shared ``temperature``
+            (result times T^2), ``chunk_method``, ``chunk_size``, ``use_checkpoint``.
 
     Returns:
         LossOutput(total = sum over chunks, count = valid chunks, components = sums of kl,
@@ -347,6 +316,8 @@ def pkl_loss(
         student mass inside S), teacher_mass_in_topk, teacher_mass_unreachable). >= 0; 0 when
         q|_S == p^T|_S.
     """
+    options.check("pkl", PKL_READS)
+    w_indices, w_weights = projection
     if w_indices.shape[0] != student_logits.shape[-1]:
         raise ValueError(
             f"W has {w_indices.shape[0]} rows, student head {student_logits.shape[-1]}"
@@ -356,50 +327,41 @@ def pkl_loss(
     # chunks on one column set per micro-batch: the xbench semantics with top_k_scope=microbatch
     # and chunk_method=mean, and the authors'. Everything else takes the generic path.
     kernel = (
-        fast
-        and beta == 0.0
-        and (authors or (top_k_scope == "microbatch" and chunk_method == "mean"))
+        options.fast
+        and options.beta == 0.0
+        and (
+            options.authors
+            or (options.top_k_scope == "microbatch" and options.chunk_method == "mean")
+        )
     )
-    if authors and not kernel:
-        return _pkl_authors(
-            student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, idx,
-            w_weights, top_k=top_k, beta=beta, temperature=temperature, chunk_size=chunk_size,
-            use_checkpoint=use_checkpoint,
-        )  # fmt: skip
+    if options.authors and not kernel:
+        return _pkl_authors(student_logits, teacher_logits, view, (idx, w_weights), options)
     if kernel:
         v_t = teacher_logits.shape[-1]
         sel: dict[str, Any] = (
             {
-                "columns": max_logit_columns(teacher_logits, top_k),
+                "columns": max_logit_columns(teacher_logits, options.top_k),
                 "teacher_log_means": True,
                 "additive_floor": True,
             }
-            if authors
+            if options.authors
             else {"reach": reachable_columns(idx, w_weights, v_t)}
         )
         sums, n = projected_kl_sums(
-            student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, idx,
-            w_weights, top_k=top_k, q_floor=Q_FLOOR, temperature=temperature,
-            chunk_size=chunk_size, **sel,
-        )  # fmt: skip
+            student_logits, teacher_logits, view, (idx, w_weights), options=options, **sel
+        )
         return _pkl_output(sums, n, student_logits, w_weights)
-    columns, reach, unreach = column_sets(
-        teacher_logits, teacher_chunk, chunk_mask, idx, w_weights, top_k, top_k_scope,
-        chunk_method=chunk_method, temperature=temperature, teacher_ids=teacher_ids,
-        chunk_size=chunk_size,
-    )  # fmt: skip
+    columns, reach, unreach = column_sets(teacher_logits, view, (idx, w_weights), options)
 
     def term(lq_s: Tensor, lq_t: Tensor, w: Tensor) -> dict[str, Tensor]:
         return projected_kl_terms(
-            lq_s, lq_t, idx, w, columns, top_k, temperature, beta, reach, unreach
-        )
+            lq_s, lq_t, idx, w, columns, options.top_k, options.temperature, options.beta,
+            reach, unreach,
+        )  # fmt: skip
 
     sums, n = cross_tokenizer_sums(
-        student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, term,
-        (w_weights,), chunk_method=chunk_method, temperature=temperature,
-        student_ids=student_ids, teacher_ids=teacher_ids, chunk_size=chunk_size,
-        use_checkpoint=use_checkpoint,
-    )  # fmt: skip
+        student_logits, teacher_logits, view, term, (w_weights,), options=options
+    )
     return _pkl_output(sums, n, student_logits, w_weights)
 
 
@@ -429,28 +391,21 @@ def max_logit_columns(teacher_logits: Tensor, top_k: int) -> Tensor:
 def _pkl_authors(
     student_logits: Tensor,
     teacher_logits: Tensor,
-    student_chunk: Tensor,
-    teacher_chunk: Tensor,
-    chunk_mask: Tensor,
-    idx: Tensor,
-    w_weights: Tensor,
-    *,
-    top_k: int,
-    beta: float,
-    temperature: float,
-    chunk_size: int | None,
-    use_checkpoint: bool,
+    view: ChunkView,
+    projection: tuple[Tensor, Tensor],
+    options: ChunkOptions,
 ) -> LossOutput:
     """P-KL with the authors' column rule and teacher averaging (see :func:`pkl_loss`)."""
+    idx, w_weights = projection
     v_t = teacher_logits.shape[-1]
+    temperature, top_k, beta = options.temperature, options.top_k, options.beta
     columns = max_logit_columns(teacher_logits, top_k)
 
-    def teacher_side(rows: Tensor, t_idx: Any, start: int, end: int) -> Tensor:
+    def teacher_side(rows: Tensor, t_idx: ChunkIndex, start: int, end: int) -> Tensor:
         z = rows[:, columns].float() / temperature  # (P, k)
         lp = F.log_softmax(z, dim=-1)  # per token, within the k columns
-        lo = int(t_idx.offsets[start])
-        rows_idx = t_idx.chunk_row[lo : lo + lp.shape[0]] - start
-        counts = (t_idx.offsets[start + 1 : end + 1] - t_idx.offsets[start:end]).to(lp.dtype)
+        rows_idx = t_idx.local_rows(start, end)
+        counts = t_idx.counts(start, end).to(lp.dtype)
         return lp.new_zeros(end - start, lp.shape[1]).index_add(0, rows_idx, lp) / counts[:, None]
 
     def term(lq_s: Tensor, lq_t: Tensor, w: Tensor) -> dict[str, Tensor]:
@@ -459,9 +414,9 @@ def _pkl_authors(
             teacher_restricted=True, v_t=v_t, additive_floor=True,
         )  # fmt: skip
 
+    # The student side's chunks are always "mean" here (chunk_method is unused by the authors').
     sums, n = cross_tokenizer_sums(
-        student_logits, teacher_logits, student_chunk, teacher_chunk, chunk_mask, term,
-        (w_weights,), chunk_method="mean", temperature=temperature, chunk_size=chunk_size,
-        use_checkpoint=use_checkpoint, teacher_fn=teacher_side,
+        student_logits, teacher_logits, view, term, (w_weights,),
+        options=replace(options, chunk_method="mean"), teacher_fn=teacher_side,
     )  # fmt: skip
     return _pkl_output(sums, n, student_logits, w_weights)

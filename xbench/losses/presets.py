@@ -11,8 +11,9 @@
   p + 1 (reading chunk logits one position late); "bayesian" is TRL's own fix for that.
 
 :data:`FORMULAS` holds one line per method and preset (README table, run metadata).
-:func:`loss_kwargs` turns a preset into the keyword arguments of the loss functions; the losses
-stay pure functions of tensors.
+:func:`loss_kwargs` turns a preset into the keyword arguments of ``kd`` or the
+:class:`xbench.losses.view.ChunkOptions` fields of a chunk loss; the losses stay pure functions of
+tensors.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def preset_fixes(semantics: str) -> tuple[str, ...]:
 
 
 def loss_kwargs(semantics: str, method: str) -> dict[str, Any]:
-    """Keyword arguments of ``xbench.losses.get(method)`` that realise the preset.
+    """What realises the preset: keyword arguments of ``kd``, ``ChunkOptions`` fields of the
+    chunk losses (``ChunkOptions(**loss_kwargs(...))``).
 
     Raises:
         ValueError: the preset does not define ``method``.

@@ -49,34 +49,24 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from xbench.losses.chunks import (
-    ChunkIndex,
-    build_chunk_index,
-    token_slices,
-    with_precomputed_grads,
-)
+from xbench.losses.chunks import with_precomputed_grads
+from xbench.losses.ops import block_elems, kernel_plan, row_grad_buffer, scaled_rows_into
+from xbench.losses.view import ChunkIndex, ChunkOptions, ChunkView
 
 __all__ = [
+    "Q_FLOOR",
     "ColumnProjection",
-    "block_elems",
     "projected_kl_sums",
     "restrict_columns",
-    "row_grad_buffer",
     "teacher_lse_and_topk",
 ]
 
-# Dense passes run over blocks of about this many elements (4 MiB of float32): temporaries this
-# small are reused by the allocator instead of page-faulted in afresh for every slice, which on a
-# CPU costs more than the arithmetic itself (measured: logsumexp over 256 x 128k rows 0.53 s in one
-# block, 0.30 s in blocks of 8 rows).
-# On an accelerator there is no page-faulting and each block costs kernel launches, so blocks
-# are 64x larger there (a student slice is then bounded by ``chunk_size`` alone).
-_BLOCK_ELEMS = 1 << 20
-
-
-def block_elems(device: torch.device) -> int:
-    """Elements of one working block on ``device`` (both kernels size their slices by it)."""
-    return _BLOCK_ELEMS if device.type == "cpu" else 64 * _BLOCK_ELEMS
+# Floor of the renormalised projected mass q|_S inside the log. Columns that no W row reaches are
+# removed from S before (see ``pkl.reachable_columns``), so the floor only meets reachable columns
+# whose projected mass underflowed; at 1e-10 (log = -23) one such column adds at most
+# p_T * 23 instead of float32 tiny's p_T * 87. The authors' code adds it instead (``authors``):
+# log(q / (Q + eps) + eps), eps = 1e-10, which differs from the floor only where r < 2e-10.
+Q_FLOOR = 1.0e-10
 
 
 @dataclass(frozen=True)
@@ -114,16 +104,6 @@ def restrict_columns(
     s_ids, k_ids = torch.nonzero((slot >= 0) & (w_weights.detach() != 0), as_tuple=True)
     u_ids, entry_u = torch.unique_consecutive(s_ids, return_inverse=True)  # row-major: sorted
     return ColumnProjection(s_ids, k_ids, slot[s_ids, k_ids], u_ids, entry_u)
-
-
-def row_grad_buffer(flat: Tensor, index: ChunkIndex) -> Tensor:
-    """An uninitialised (N, V) gradient for ``flat`` whose rows no chunk reads are 0: the kernels
-    write every read row exactly once (a position predicts one token), so nothing else is
-    zero-filled."""
-    g = torch.empty_like(flat)
-    unread = torch.ones(flat.shape[0], dtype=torch.bool, device=flat.device)
-    unread[index.pred_row] = False
-    return g.index_fill_(0, torch.nonzero(unread).squeeze(1), 0)
 
 
 def teacher_lse_and_topk(
@@ -179,8 +159,8 @@ def _chunk_mean(x: Tensor, index: ChunkIndex, start: int, end: int) -> Tensor:
     lo, hi = int(index.offsets[start]), int(index.offsets[end])
     if hi - lo == end - start:
         return x
-    rows = index.chunk_row[lo:hi] - start
-    counts = (index.offsets[start + 1 : end + 1] - index.offsets[start:end]).to(x.dtype)
+    rows = index.local_rows(start, end)
+    counts = index.counts(start, end).to(x.dtype)
     return x.new_zeros(end - start, *x.shape[1:]).index_add_(0, rows, x).div_(counts[:, None])
 
 
@@ -197,41 +177,35 @@ _KEYS = (
 def projected_kl_sums(
     student_logits: Tensor,
     teacher_logits: Tensor,
-    student_chunk: Tensor,
-    teacher_chunk: Tensor,
-    chunk_mask: Tensor,
-    w_indices: Tensor,
-    w_weights: Tensor,
+    view: ChunkView,
+    projection: tuple[Tensor, Tensor],
     *,
-    top_k: int = 8192,
     columns: Tensor | None = None,
     reach: Tensor | None = None,
     teacher_log_means: bool = False,
-    q_floor: float = 1.0e-10,
     additive_floor: bool = False,
-    temperature: float = 1.0,
-    chunk_size: int | None = 256,
+    options: ChunkOptions = ChunkOptions(),
 ) -> tuple[dict[str, Tensor], int]:
     """P-KL sums over valid chunks on the column set S ("mean" chunks); see the module docstring.
 
     Args:
         student_logits: (B, Ts, V_S), may require grad; teacher_logits: (B, Tt, V_T), no grad.
-        student_chunk, teacher_chunk, chunk_mask: PairAlignment fields.
-        w_indices: (V_S, K) long; w_weights: (V_S, K) float, may require grad.
-        top_k: S = the micro-batch teacher top-k among ``reach`` (:func:`teacher_lse_and_topk`);
-            ``>=`` the size of ``reach``: all of it.
+        view: the batch's chunks (``chunk_method`` is always ``mean`` here).
+        projection: W as ``(indices (V_S, K) long, weights (V_S, K) float)``; the weights may
+            require grad.
         columns: (k,) distinct teacher ids to use as S instead of the top-k.
         reach: (R,) sorted teacher ids S may hold (``pkl.reachable_columns``); None = every id.
             The teacher chunk mass on the other ids is summed as ``teacher_mass_unreachable``.
         teacher_log_means: the authors' teacher side (needs ``columns``): log pt = the chunk mean
             of the per-token log_softmax within S, not renormalised; no full-width teacher pass.
-        q_floor: floor of the renormalised projected mass r inside the log (``pkl.Q_FLOOR``).
-        additive_floor: the authors' epsilon instead: r = q / (Q + eps), log(r + eps), eps =
-            ``q_floor``; gradient g_q[c, j] = T^2 (sum_l h_l r_l - h_j) / (Q + eps),
-            h_j = pt_j / (r_j + eps) (every column passes gradient).
-        temperature: T (the loss carries T^2).
-        chunk_size: max predicting rows per side in one slice; on CPU the kernel also caps a
-            slice at about 4M student logits, so its (rows, V_S) float32 block stays ~16 MiB.
+        additive_floor: the authors' epsilon instead of the floor :data:`Q_FLOOR`: r = q / (Q +
+            eps), log(r + eps), eps = Q_FLOOR; gradient g_q[c, j] = T^2 (sum_l h_l r_l - h_j) /
+            (Q + eps), h_j = pt_j / (r_j + eps) (every column passes gradient).
+        options: reads ``top_k`` (S = the micro-batch teacher top-k among ``reach``,
+            :func:`teacher_lse_and_topk`; ``>=`` the size of ``reach``: all of it),
+            ``temperature`` (the loss carries T^2) and ``chunk_size`` (max predicting rows per
+            side in one slice; on CPU the kernel also caps a slice at about 4M student logits, so
+            its (rows, V_S) float32 block stays ~16 MiB).
 
     Returns:
         ``(sums, n_chunks)`` with the keys of ``projected_kl_terms`` (loss, kl, top1_agree,
@@ -240,22 +214,19 @@ def projected_kl_sums(
     """
     if teacher_log_means and columns is None:
         raise ValueError("teacher_log_means needs the column set S (columns=)")
-    s_idx = build_chunk_index(student_chunk, chunk_mask)
-    t_idx = build_chunk_index(teacher_chunk, chunk_mask)
-    n = s_idx.num_chunks
-    if n == 0:
-        return {}, 0
+    w_indices, w_weights = projection
+    top_k, temperature, q_floor = options.top_k, options.temperature, Q_FLOOR
     v_s, v_t = student_logits.shape[-1], teacher_logits.shape[-1]
+    plan = kernel_plan(student_logits, teacher_logits, view, "mean", options.chunk_size, v_s)
+    if plan is None:
+        return {}, 0
+    s_idx, t_idx, s_flat, t_flat = plan.s_idx, plan.t_idx, plan.s_flat, plan.t_flat
     device = student_logits.device
-    s_flat = student_logits.detach().reshape(-1, v_s)  # (B*Ts, V_S)
-    t_flat = teacher_logits.detach().reshape(-1, v_t)  # (B*Tt, V_T)
     grad_on = torch.is_grad_enabled()
     want_s = grad_on and student_logits.requires_grad
     want_w = grad_on and w_weights.requires_grad
     t2 = temperature**2
     tiny = torch.finfo(torch.float32).tiny
-    rows_cap = max(1, 4 * block_elems(device) // v_s)
-    max_rows = rows_cap if not chunk_size or chunk_size <= 0 else min(chunk_size, rows_cap)
 
     def compute() -> tuple[tuple[Tensor, ...], int, list[Tensor | None]]:
         unreach_mass = torch.zeros((), dtype=torch.float32, device=device)
@@ -274,23 +245,16 @@ def projected_kl_sums(
         w_e = w_weights.detach()[cp.s_ids, cp.k_ids].float()  # (E,)
         g_s = row_grad_buffer(s_flat, s_idx) if want_s else None
         g_we = torch.zeros_like(w_e) if want_w else None
-        slices = token_slices(s_idx, t_idx, max_rows)  # a long chunk may exceed max_rows
-        most = max(int(s_idx.offsets[e] - s_idx.offsets[b]) for b, e in slices)
-        buf = torch.empty(most * v_s, dtype=torch.float32, device=device)
+        # A chunk longer than the slice cap forms its own slice.
+        buf = torch.empty(plan.most_rows(s_idx) * v_s, dtype=torch.float32, device=device)
         acc = torch.zeros(len(_KEYS) - 1, dtype=torch.float32, device=device)
-        for start, end in slices:
+        for start, end in plan.slices:
             m = end - start
             lo, hi = int(s_idx.offsets[start]), int(s_idx.offsets[end])
             rs = s_idx.pred_row[lo:hi]
             # Student: exp(z/T - max) into a reused block; its row sums give the log-partition,
             # its U columns the probabilities P reads, and later the dense gradient term.
-            y = buf[: (hi - lo) * v_s].view(hi - lo, v_s)
-            if s_flat.dtype == y.dtype:
-                torch.index_select(s_flat, 0, rs, out=y)
-            else:  # bf16 logits: gather, then widen into the float32 block
-                y.copy_(s_flat.index_select(0, rs))
-            if temperature != 1.0:
-                y.div_(temperature)
+            y = scaled_rows_into(s_flat, rs, temperature, buf)
             y.sub_(y.amax(-1, keepdim=True)).exp_()
             inv_sum = 1.0 / y.sum(-1, keepdim=True)  # (P, 1)
             e = y.index_select(1, cp.u_ids).mul_(inv_sum)  # (P, U) student probs on U
@@ -365,7 +329,7 @@ def projected_kl_sums(
         out = with_precomputed_grads(compute, student_logits, w_weights)
     else:
         out = compute()[0]
-    return dict(zip(_KEYS, out, strict=True)), n
+    return dict(zip(_KEYS, out, strict=True)), s_idx.num_chunks
 
 
 def _chunk_grad(g_chunk: Tensor, index: ChunkIndex, start: int, end: int) -> Tensor:
@@ -374,6 +338,6 @@ def _chunk_grad(g_chunk: Tensor, index: ChunkIndex, start: int, end: int) -> Ten
     lo, hi = int(index.offsets[start]), int(index.offsets[end])
     if hi - lo == end - start:
         return g_chunk
-    rows = index.chunk_row[lo:hi] - start
-    counts = (index.offsets[start + 1 : end + 1] - index.offsets[start:end]).to(g_chunk.dtype)
+    rows = index.local_rows(start, end)
+    counts = index.counts(start, end).to(g_chunk.dtype)
     return (g_chunk / counts[:, None])[rows]
