@@ -19,8 +19,8 @@ from engine_utils import REPO
 
 from xbench import pair
 from xbench.engine import session as train
-from xbench.evaluate.harness import harness as evaluate
-from xbench.sweep.launch import launch as sweep
+from xbench.evaluate import harness as evaluate
+from xbench.sweep import launch as sweep
 
 MAIN = {"sweep": sweep.main, "train": train.main, "evaluate": evaluate.main, "pair": pair.main}
 EXP = "+experiment=mini_smoke"

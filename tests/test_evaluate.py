@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from xbench import sources
 from xbench.engine.models import check_vocab
-from xbench.evaluate.harness import harness as ev
+from xbench.evaluate import harness as ev
 from xbench.io import read_jsonl
 from xbench.mini.corpus import make_problems, write_split
 

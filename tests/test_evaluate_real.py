@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from xbench.evaluate.harness.harness import evaluate, load_pretrained
+from xbench.evaluate.harness import evaluate, load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.real_assets

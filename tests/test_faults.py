@@ -69,7 +69,7 @@ def test_no_intact_checkpoint_starts_fresh(tmp_path: Path) -> None:
 def test_evaluate_takes_a_run_directory(
     run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    from xbench.evaluate.harness import harness as evaluate
+    from xbench.evaluate import harness as evaluate
     from xbench.mini import world
 
     monkeypatch.chdir(tmp_path)

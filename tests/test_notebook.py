@@ -16,7 +16,7 @@ import pytest
 from fixtures.rundirs.synth import make_tiny_sweep
 from nbclient import NotebookClient
 
-from xbench.report.build import aggregate, build, common, load
+from xbench.report import aggregate, build, common, load
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "alpha_and_rank.ipynb"

@@ -9,7 +9,7 @@ import pytest
 from fixtures.rundirs.synth import TINY_TEACHERS, make_tiny_sweep
 from matplotlib.figure import Figure
 
-from xbench.report.build import aggregate, build, common, load, plots
+from xbench.report import aggregate, build, common, load, plots
 
 
 @pytest.fixture(scope="module")

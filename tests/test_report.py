@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from fixtures.rundirs.synth import write_run
 
-from xbench.report.build import aggregate, build, common, load, render
+from xbench.report import aggregate, build, common, load, render
 
 DELTA_COL = "delta_vs_gold"
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fixtures.rundirs.synth import write_run
 
-from xbench.report.build import aggregate, build, load
+from xbench.report import aggregate, build, load
 
 # Per-seed exact match (fractions) of three cells; the probe is deliberately far larger, so an
 # avg that included it would show.

@@ -2,6 +2,6 @@
 
 import sys
 
-from xbench.evaluate.harness.harness import main
+from xbench.evaluate.harness import main
 
 sys.exit(main())

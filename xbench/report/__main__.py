@@ -1,5 +1,5 @@
 """``python -m xbench.report PATH``: leaderboards and figures from run dirs (:mod:`.build`)."""
 
-from xbench.report.build.build import main
+from xbench.report.build import main
 
 raise SystemExit(main())

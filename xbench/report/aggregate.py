@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from xbench.report.build.common import (
+from xbench.report.common import (
     AVG,
     BENCHMARK_ORDER,
     BREAKDOWN_SEP,

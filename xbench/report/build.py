@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from xbench.io import atomic_path, write_text
-from xbench.report.build.aggregate import (
+from xbench.report.aggregate import (
     check_reference_averages,
     claims,
     compare_reference,
@@ -40,20 +40,20 @@ from xbench.report.build.aggregate import (
     paired_orderings,
     summarize_axis,
 )
-from xbench.report.build.common import (
+from xbench.report.common import (
     CURVE_COLUMNS,
     DELTA,
     PAPER_EXPERIMENT,
     REFERENCE_CSV,
     ReportError,
 )
-from xbench.report.build.load import (
+from xbench.report.load import (
     find_run_dirs,
     load_curves,
     load_reference,
     load_runs,
 )
-from xbench.report.build.render import (
+from xbench.report.render import (
     format_claims,
     format_comparison,
     format_last_values,
@@ -85,7 +85,7 @@ def _problems(tidy: pd.DataFrame) -> str:
 
 
 def _figures(lb: pd.DataFrame, curves: pd.DataFrame, fig_dir: Path) -> dict[str, Path]:
-    from xbench.report.build import plots  # matplotlib is only needed when figures are written
+    from xbench.report import plots  # matplotlib is only needed when figures are written
 
     figs = {"benchmarks": lambda: plots.plot_benchmarks(lb)}
     if lb[DELTA].notna().any() and (lb["method"] != "gold").any():

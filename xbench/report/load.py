@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from xbench.io import read_jsonl
-from xbench.report.build.common import (
+from xbench.report.common import (
     AVG,
     BREAKDOWN_SEP,
     CURVE_COLUMNS,

@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from xbench.io import atomic_path
-from xbench.report.build import aggregate, common
+from xbench.report import aggregate, common
 
 NUMERAL_MASS = "train/numeral_mass"
 

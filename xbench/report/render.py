@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from xbench.report.build.aggregate import leaderboard_tasks
-from xbench.report.build.common import AVG, BENCHMARK_ORDER, DELTA, fmt_axis
+from xbench.report.aggregate import leaderboard_tasks
+from xbench.report.common import AVG, BENCHMARK_ORDER, DELTA, fmt_axis
 
 
 def _best_mask(lb: pd.DataFrame, col: str) -> pd.Series:

@@ -2,6 +2,6 @@
 
 import sys
 
-from xbench.sweep.launch.launch import main
+from xbench.sweep.launch import main
 
 sys.exit(main())

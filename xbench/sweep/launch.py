@@ -98,7 +98,7 @@ def _run_locked(
     try:
         from xbench.engine.models import load_model, load_tokenizer
         from xbench.engine.session import train
-        from xbench.evaluate.harness.harness import evaluate
+        from xbench.evaluate.harness import evaluate
 
         sources.configure(resolved)
         ev = _prepare_eval(resolved)
@@ -237,7 +237,7 @@ class SweepCallback(Callback):
         if config.get("plan"):
             return
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        from xbench.report.build.build import build_report
+        from xbench.report.build import build_report
 
         written = build_report(sweep_dir, sweep_dir / "report")
         statuses = _statuses(sweep_dir)

@@ -1,7 +1,7 @@
 """Dataset loaders for the ``mini`` suite (``custom_dataset: !function utils.load_*``).
 
 lm-eval calls a ``custom_dataset`` function with the task's metadata as keyword arguments, which
-includes whatever ``TaskManager(metadata=...)`` was given. :func:`xbench.evaluate.harness.harness.evaluate`
+includes whatever ``TaskManager(metadata=...)`` was given. :func:`xbench.evaluate.harness.evaluate`
 passes
 the suite config's ``metadata`` block there, so the data location travels as an explicit, absolute
 path: nothing depends on the working directory (Hydra and submitit change it) or on where this

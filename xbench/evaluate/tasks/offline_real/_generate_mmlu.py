@@ -1,6 +1,6 @@
 """Regenerate the offline MMLU task YAMLs from lm-eval's own ``mmlu/default`` configs.
 
-Run ``python -m xbench.evaluate.harness.tasks.offline_real._generate_mmlu`` after upgrading lm-eval; the
+Run ``python -m xbench.evaluate.tasks.offline_real._generate_mmlu`` after upgrading lm-eval; the
 subject
 list and per-subject descriptions are copied verbatim, only the data source changes.
 """
