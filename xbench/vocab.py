@@ -10,6 +10,14 @@ from __future__ import annotations
 # A teacher's method (cells.NAME.teachers[i].method): config name = registry key = leaderboard
 # column. ce (no teacher) and base (no training) are cell kinds, not teacher methods.
 KD_METHODS = ("kd", "uld", "gold", "pkl", "hkl", "xtoken")
+# Families of KD_METHODS by what their loss needs (the engine prepares it, options check knobs):
+CROSS_TOKENIZER = ("uld", "gold", "pkl", "hkl", "xtoken")  # chunk-level, any tokenizer pair
+HYBRID = ("gold", "hkl", "xtoken")  # a common set of token pairs + ULD on the rest
+USES_W = ("pkl", "hkl", "xtoken")  # the projection W (hkl: its relaxed pairs only)
+RELAXED_PAIRS = ("hkl", "xtoken")  # common pairs read from W (kd.hkl_threshold)
+LEARNS_W = ("pkl", "xtoken")  # W's values are trained (kd.learn_w)
+# Rows of a leaderboard, in order: the two cell kinds, then the teacher methods.
+LEADERBOARD_METHODS = ("base", "ce", *KD_METHODS)
 # mix.mode: dynamic scaling sg(|CE|/|KD|) (the paper's) or fixed weights.
 MIX_MODES = ("dynamic", "fixed")
 # kd.multi_teacher: static weights (paper default), softmax over per-batch teacher scores (-CE,

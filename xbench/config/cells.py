@@ -6,7 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from xbench.vocab import KD_METHODS
+from xbench.vocab import KD_METHODS, USES_W
 
 
 def cell_spec(cfg: DictConfig) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def resolve_cell(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
         "teachers": "+".join(str(t["name"]) for t in teachers) or "none",
         "method": resolved.method,
         "alpha": float(cfg.kd.alpha) if _uses(teachers, "xtoken") else None,
-        "rank": int(cfg.kd.rank) if _uses(teachers, "pkl", "hkl", "xtoken") else None,
+        "rank": int(cfg.kd.rank) if _uses(teachers, *USES_W) else None,
         # Which formula set produced the cell (xbench.losses.presets); none without a teacher.
         "semantics": str(cfg.kd.semantics) if teachers else None,
         "seed": int(cfg.seed),

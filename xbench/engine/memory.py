@@ -29,6 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from xbench.engine.models import DTYPES
+from xbench.vocab import LEARNS_W
 
 GB = 1e9
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -112,7 +113,7 @@ def estimate(cfg: DictConfig, checkpointing: bool | None = None) -> dict[str, An
         logits += 4 * tokens * v_s
         largest_teacher = max(largest_teacher, 6 * tokens * v_t)
         kd = {**OmegaConf.to_container(cfg.kd, resolve=True), **(spec.get("kd") or {})}
-        if spec.method in ("pkl", "xtoken") and kd.get("learn_w"):
+        if spec.method in LEARNS_W and kd.get("learn_w"):
             optimizer += 25 * v_s * int(kd["rank"])
     logits += largest_teacher
     total = weights + optimizer + activations + logits

@@ -38,6 +38,7 @@ from xbench.losses.combine import (
 from xbench.losses.options import hybrid_beta
 from xbench.losses.pkl import LearnableProjection
 from xbench.losses.presets import loss_kwargs
+from xbench.vocab import HYBRID, LEARNS_W
 
 # kd.kl (config vocabulary) -> the kd loss's divergence name.
 _DIVERGENCE = {"forward": "forward_kl", "reverse": "reverse_kl", "jsd": "jsd"}
@@ -77,7 +78,7 @@ class Objective(nn.Module):
         self._scores: dict[int, Tensor] = {}
         self.w = nn.ModuleDict()
         for i, t in enumerate(teachers):
-            if t.projection is not None and t.method in ("pkl", "xtoken") and t.kd["learn_w"]:
+            if t.projection is not None and t.method in LEARNS_W and t.kd["learn_w"]:
                 self.w[f"t{i}"] = LearnableProjection(t.projection.indices, t.projection.weights)
         self._device = "cpu"
 
@@ -150,7 +151,7 @@ class Objective(nn.Module):
         )
         if t.method != "uld":  # kd.kl as the generalized-JSD beta (0 = forward KL)
             opts["beta"] = hybrid_beta(kd)
-        if t.method in ("gold", "hkl", "xtoken"):
+        if t.method in HYBRID:
             opts["weights"] = (
                 (float(kd["gold_matched_weight"]), float(kd["gold_unmatched_weight"]))
                 if kd["gold_weights"] == "fixed"

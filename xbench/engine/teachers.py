@@ -26,6 +26,7 @@ from xbench.io import atomic_path
 from xbench.losses.options import check_kd_options, effective_kd
 from xbench.losses.presets import exact_pairs_from_w
 from xbench.tokenpair import projection as proj_mod
+from xbench.vocab import RELAXED_PAIRS, USES_W
 
 # Logits outside the cached top-k: far below any kept logit, yet finite so that
 # p * log p stays 0 (not NaN) in every divergence.
@@ -136,7 +137,7 @@ def build_teachers(cfg: DictConfig, s_tok: Any, student: nn.Module, device: str)
         runner = TeacherRunner(model, ident, top_k=int(kd["teacher_cache_topk"]), cache_dir=cache)
         t = Teacher(spec.name, method, float(spec.weight), kd, tok, runner, same)
         authors_gold = method == "gold" and kd["semantics"] == "authors"
-        if method in ("pkl", "hkl", "xtoken") or authors_gold:
+        if method in USES_W or authors_gold:
             t.projection = proj_mod.load_or_build(
                 s_tok,
                 tok,
@@ -151,7 +152,7 @@ def build_teachers(cfg: DictConfig, s_tok: Any, student: nn.Module, device: str)
             t.pairs = exact_pairs_from_w(t.projection.indices, t.projection.weights)
         elif method == "gold":
             t.pairs = proj_mod.exact_common_pairs(s_tok, tok, semantics=str(kd["gold_semantics"]))
-        elif method in ("hkl", "xtoken"):
+        elif method in RELAXED_PAIRS:
             assert t.projection is not None
             t.pairs = proj_mod.relaxed_common_pairs(t.projection, float(kd["hkl_threshold"]))
         out.append(t)

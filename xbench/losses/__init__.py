@@ -19,7 +19,7 @@ the package itself, so there is no cycle):
   as the generic path, tested against it).
 * ``presets`` (``kd.semantics`` -> loss options), ``combine`` (CE + KD mixing, several teachers)
   and ``options`` (config-time rules for the ``kd:``/``mix:`` knobs; these two also read the
-  method vocabulary of ``xbench.vocab``).
+  method vocabulary of ``xbench.vocab``, and ``options`` reads configs through ``xbench.io``).
 """
 
 from collections.abc import Callable

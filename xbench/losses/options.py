@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from xbench.io import plain
 from xbench.losses.chunks import CHUNK_METHODS
 from xbench.losses.combine import MIX_MODES, MULTI_TEACHER
 from xbench.losses.gold import GOLD_VARIANTS
 from xbench.losses.presets import FORMULAS, PRESETS, preset_fixes
+from xbench.vocab import CROSS_TOKENIZER, HYBRID, LEARNS_W, RELAXED_PAIRS, USES_W
 from xbench.vocab import KD_METHODS as METHODS
 
 __all__ = [
@@ -32,9 +34,9 @@ __all__ = [
 ]
 
 _ALL = frozenset(METHODS)
-_CROSS = frozenset(("uld", "gold", "pkl", "hkl", "xtoken"))
-_HYBRID = frozenset(("gold", "hkl", "xtoken"))
-_W = frozenset(("pkl", "hkl", "xtoken"))
+_CROSS = frozenset(CROSS_TOKENIZER)
+_HYBRID = frozenset(HYBRID)
+_W = frozenset(USES_W)
 
 # Mirrors conf/cell.yaml (a test keeps the two equal).
 KD_DEFAULTS: dict[str, Any] = {
@@ -73,8 +75,8 @@ KNOB_METHODS: dict[str, frozenset[str]] = {
     "teacher_cache_topk": _ALL,  # only with train.teacher_cache=true
     "temperature": _ALL,
     "chunk_method": _CROSS,
-    "learn_w": frozenset(("pkl", "xtoken")),
-    "hkl_threshold": frozenset(("hkl", "xtoken")),
+    "learn_w": frozenset(LEARNS_W),
+    "hkl_threshold": frozenset(RELAXED_PAIRS),
     "gold_semantics": frozenset(("gold",)),
     "gold_weights": _HYBRID,
     "gold_matched_weight": _HYBRID,  # only with gold_weights=fixed
@@ -99,20 +101,9 @@ def hybrid_beta(kd: Mapping[str, Any]) -> float:
 
 def effective_kd(cfg: Any, i: int) -> dict[str, Any]:
     """Teacher ``i``'s kd options: the cell's ``kd:`` overridden by ``teachers[i].kd``."""
-    base = _plain(cfg.get("kd") or {})
-    over = _plain((cfg.teachers[i].get("kd") if cfg.get("teachers") else None) or {})
+    base = plain(cfg.get("kd") or {})
+    over = plain((cfg.teachers[i].get("kd") if cfg.get("teachers") else None) or {})
     return {**KD_DEFAULTS, **base, **over}
-
-
-def _plain(x: Any) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(x, DictConfig):
-            return dict(OmegaConf.to_container(x, resolve=True))  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(x)
 
 
 def _differs(a: Any, b: Any) -> bool:
@@ -216,9 +207,9 @@ def check_kd_options(cfg: Any) -> None:
     teachers = list(cfg.get("teachers") or [])
     train = cfg.get("train") or {}
     cache = bool(train.get("teacher_cache", False))
-    base = {**KD_DEFAULTS, **_plain(cfg.get("kd") or {})}
+    base = {**KD_DEFAULTS, **plain(cfg.get("kd") or {})}
     _check_values(base, "kd")
-    mix = {**MIX_DEFAULTS, **_plain(cfg.get("mix") or {})}
+    mix = {**MIX_DEFAULTS, **plain(cfg.get("mix") or {})}
     if mix["mode"] not in MIX_MODES:
         raise ValueError(f"mix.mode={mix['mode']!r} is unknown; use one of {MIX_MODES}.")
     if not float(mix["max_scale"]) > 0:
@@ -245,7 +236,7 @@ def check_kd_options(cfg: Any) -> None:
                 f"({', '.join(sorted(methods))}): {_FIX[key]}; remove the override."
             )
     for i, t in enumerate(teachers):
-        own = _plain(t.get("kd") or {})
+        own = plain(t.get("kd") or {})
         kd = {**base, **own}
         where = f"teachers[{i}].kd"
         _check_values(kd, where)
@@ -269,7 +260,7 @@ def check_kd_options(cfg: Any) -> None:
                 "least kd.topk."
             )
     for i, t in enumerate(teachers):
-        kd = {**base, **_plain(t.get("kd") or {})}
+        kd = {**base, **plain(t.get("kd") or {})}
         sem, method = str(kd["semantics"]), str(t["method"])
         if method not in FORMULAS[sem]:
             raise ValueError(

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from xbench import REFERENCE_DIR
+from xbench.vocab import LEADERBOARD_METHODS
 
 TIDY_COLUMNS = [
     "run",
@@ -42,7 +43,7 @@ BREAKDOWN_SEP = "@"
 PROBE_METRICS = ("answer_prob",)
 # Column order of the paper's Table 1; other tasks follow alphabetically.
 BENCHMARK_ORDER = ("mmlu", "gsm8k", "math", "winogrande", "hellaswag")
-METHOD_ORDER = ("base", "ce", "kd", "uld", "gold", "pkl", "hkl", "xtoken")
+METHOD_ORDER = LEADERBOARD_METHODS
 PAPER_EXPERIMENT = "llama1b_vs_gold"
 REFERENCE_CSV = REFERENCE_DIR / "xtoken_table1.csv"
 REFERENCE_STUDENT = "llama-3.2-1b"
