@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +28,14 @@ def llama3_qwen3():
 
     s_tok, t_tok = load_tokenizer("llama3"), load_tokenizer("qwen3")
     return s_tok, t_tok, load_or_build(s_tok, t_tok)
+
+
+@pytest.fixture(scope="session")
+def paper_plan(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """``python -m xbench.sweep +experiment=llama1b_vs_gold plan=true`` run once for the tests
+    that read it (the cells of the paper's table, their memory estimates): (stdout, its cwd)."""
+    from engine_utils import run_module
+
+    cwd = tmp_path_factory.mktemp("paper_plan")
+    args = ["-m", "xbench.sweep", "+experiment=llama1b_vs_gold", "plan=true"]
+    return run_module(args, cwd=cwd).stdout, cwd

@@ -43,23 +43,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_TWO_RANK_COMMON = [
+    "+experiment=mini_smoke",
+    "cell=pkl-A",
+    "mix.mode=fixed",
+    "train.device=cpu",
+    "train.global_batch_size=8",
+    *FAST,
+]
+
+
+@pytest.fixture(scope="module")
+def one_rank_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one-rank reference, trained once for every parallel mode compared against it."""
+    root = tmp_path_factory.mktemp("one_rank")
+    run_module(
+        [
+            "-m",
+            "xbench.train",
+            *_TWO_RANK_COMMON,
+            "train.micro_batch_size=8",
+            f"run_dir={root / 'one'}",
+        ],
+        cwd=root,
+    )
+    return root / "one"
+
+
 @pytest.mark.parametrize(
     "parallel", ["ddp", "fsdp", "fsdp-teachers"], ids=["ddp", "fsdp", "fsdp+sharded-teacher"]
 )
-def test_two_gloo_ranks_equal_one_rank_with_double_batch(tmp_path: Path, parallel: str) -> None:
+def test_two_gloo_ranks_equal_one_rank_with_double_batch(
+    tmp_path: Path, parallel: str, one_rank_run: Path
+) -> None:
     # Under FSDP the checkpoint must hold the full, gathered student (compared key by key).
-    common = [
-        "+experiment=mini_smoke",
-        "cell=pkl-A",
-        "mix.mode=fixed",
-        "train.device=cpu",
-        "train.global_batch_size=8",
-        *FAST,
-    ]
-    run_module(
-        ["-m", "xbench.train", *common, "train.micro_batch_size=8", f"run_dir={tmp_path / 'one'}"],
-        cwd=tmp_path,
-    )
+    common = _TWO_RANK_COMMON
     run_module(
         [
             "-m",
@@ -77,8 +95,8 @@ def test_two_gloo_ranks_equal_one_rank_with_double_batch(tmp_path: Path, paralle
         ],
         cwd=tmp_path,
     )
-    assert max_diff(state(tmp_path / "one"), state(tmp_path / "two")) < 1e-5
-    l1 = read_jsonl(tmp_path / "one" / "metrics.jsonl")
+    assert max_diff(state(one_rank_run), state(tmp_path / "two")) < 1e-5
+    l1 = read_jsonl(one_rank_run / "metrics.jsonl")
     l2 = read_jsonl(tmp_path / "two" / "metrics.jsonl")
     assert [r["step"] for r in l1] == [r["step"] for r in l2]
     for r1, r2 in zip(l1, l2, strict=True):

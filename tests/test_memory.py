@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_utils import cell_cfg, max_diff, run_module, state
+from engine_utils import cell_cfg, max_diff, state
 
 from xbench.engine.memory import describe, param_count
 from xbench.engine.models import build_from_config, resolve_dtype
@@ -31,12 +31,9 @@ def test_param_count_matches_a_built_model(tied: bool) -> None:
 
 
 def test_plan_prints_a_memory_estimate_per_cell_and_the_three_teacher_cell_fits(
-    tmp_path: Path,
+    paper_plan: tuple[str, Path],
 ) -> None:
-    proc = run_module(
-        ["-m", "xbench.sweep", "+experiment=llama1b_vs_gold", "plan=true"], cwd=tmp_path
-    )
-    lines = proc.stdout.splitlines()
+    lines = paper_plan[0].splitlines()
     cells = [i for i, line in enumerate(lines) if line.startswith("CELL ")]
     assert len(cells) == 12
     mem = {}

@@ -10,7 +10,9 @@ from engine_utils import run_module
 
 
 def test_mini_vs_gold_small_profile_end_to_end(tmp_path: Path) -> None:
-    cells = "base,ce,kd-C,gold-A,pkl-A,hkl-B,hkl-B+kd-C"
+    # The cells the asserted rows and orderings need (kd-C and pkl-A train in test_engine and
+    # test_objective_real; the full study is `make demo`).
+    cells = "base,ce,gold-A,hkl-B,hkl-B+kd-C"
     run_module(
         [
             "-m",
@@ -25,11 +27,11 @@ def test_mini_vs_gold_small_profile_end_to_end(tmp_path: Path) -> None:
     )
     sweep = tmp_path / "out" / "mini_vs_gold"
     metas = [json.loads(p.read_text()) for p in sweep.rglob("meta.json")]
-    assert len(metas) == 14 and {m["status"] for m in metas} == {"done"}
+    assert len(metas) == 10 and {m["status"] for m in metas} == {"done"}
     methods = {(m["cell"]["teachers"], m["cell"]["method"]) for m in metas}
     assert ("mini-A", "gold") in methods and ("mini-B+mini-C", "hkl+kd") in methods
     board = (sweep / "report" / "leaderboard.md").read_text()
-    for row in ("| none | base |", "| mini-A | gold |", "| mini-A | pkl |", "| mini-B | hkl |"):
+    for row in ("| none | base |", "| mini-A | gold |", "| mini-B | hkl |"):
         assert row in board
     assert "mini_answer" in board and "Δ GOLD" in board
     # The study states its formula set: every teacher row carries kd.semantics=xbench.
