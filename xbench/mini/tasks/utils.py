@@ -2,10 +2,9 @@
 
 lm-eval calls a ``custom_dataset`` function with the task's metadata as keyword arguments, which
 includes whatever ``TaskManager(metadata=...)`` was given. :func:`xbench.evaluate.harness.evaluate`
-passes
-the suite config's ``metadata`` block there, so the data location travels as an explicit, absolute
-path: nothing depends on the working directory (Hydra and submitit change it) or on where this
-YAML is installed.
+passes the suite config's ``metadata`` block there (the plug-in pins ``mini_data_dir``), so the
+data location travels as an explicit, absolute path: nothing depends on the working directory
+(Hydra and submitit change it) or on where this YAML is installed.
 """
 
 from __future__ import annotations

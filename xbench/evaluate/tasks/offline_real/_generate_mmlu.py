@@ -1,8 +1,7 @@
 """Regenerate the offline MMLU task YAMLs from lm-eval's own ``mmlu/default`` configs.
 
 Run ``python -m xbench.evaluate.tasks.offline_real._generate_mmlu`` after upgrading lm-eval; the
-subject
-list and per-subject descriptions are copied verbatim, only the data source changes.
+subject list and per-subject descriptions are copied verbatim, only the data source changes.
 """
 
 from __future__ import annotations
