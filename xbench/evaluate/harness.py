@@ -464,9 +464,9 @@ def load_pretrained(
     Returns:
         ``(model, tokenizer)``, the model in eval mode.
     """
-    tok_spec = tokenizer or ("smollm2" if name in sources.known_models() else name)
     try:
-        tok = load_tokenizer(tok_spec)
+        # A registry model's tokenizer is the asset of the same name (smollm2).
+        tok = load_tokenizer(tokenizer or name)
         spec = {"model": name, "dtype": dtype if dtype not in (None, "auto") else "stored"}
         model = load_model(spec, tok, field="model", device=device)
     except ValueError as err:
